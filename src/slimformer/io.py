@@ -35,6 +35,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
@@ -64,6 +65,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -81,13 +83,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def remove_stale_temporaries(folder: str | Path) -> None:
-    """Delete ``.*.tmp`` leftovers of a killed run (SIGKILL skips every cleanup handler)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    for p in folder.glob(".*.tmp"):
+def _remove_leftovers(path: Path) -> None:
+    """Delete temporaries a killed run left beside ``path`` (SIGKILL skips every cleanup handler)."""
+    for p in path.parent.glob(f".{path.name}.*.tmp"):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+    old = path.parent / f".{path.name}.old"
+    if old.exists() and path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists():  # killed between the two renames: the old copy is the last good one
+        os.replace(old, path)

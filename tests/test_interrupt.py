@@ -1,0 +1,64 @@
+"""A training stage killed mid-way (SIGINT, SIGKILL) loses nothing and resumes on the next run."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, write_jsonl
+from pipeline_utils import env
+from slimformer.config import DataConfig
+from slimformer.data import prepare
+
+
+def _stage(tmp_path: Path, tiny_bert_dir: Path, tiny_rows) -> tuple[list[str], Path]:
+    data = tmp_path / "data"
+    prepare(DataConfig(source=str(write_jsonl(tmp_path / "rows.jsonl", tiny_rows)), min_rows_per_class=5), data)
+    params = tmp_path / "params.yaml"
+    train = {"epochs": 3, "batch_size": 8, "max_length": 32, "num_threads": 1}
+    params.write_text(yaml.safe_dump({"teacher": {"checkpoint": str(tiny_bert_dir), "train": train}}))
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, str(REPO / "stages/train_teacher.py"), "--params", str(params), "--data", str(data),
+        "--out", str(out / "model"), "--checkpoints", str(out / "ckpt"), "--live", str(out / "live"),
+        "--metrics", str(out / "metrics.json"),
+    ]  # fmt: skip
+    return cmd, out
+
+
+def _epoch(out: Path) -> int:
+    try:
+        return json.loads((out / "ckpt" / "state.json").read_text())["epoch"]
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_killed_stage_resumes_from_last_epoch(tmp_path: Path, tiny_bert_dir, tiny_rows, sig):
+    cmd, out = _stage(tmp_path, tiny_bert_dir, tiny_rows)
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _epoch(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "stage finished before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    killed_at = _epoch(out)
+    assert 1 <= killed_at < 3
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "interrupted; previous outputs are untouched" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()  # nothing half-written
+
+    again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming after completed epoch {killed_at}" in again.stderr
+    assert json.loads((out / "metrics.json").read_text())["resumed_from_epoch"] == killed_at
+    assert (out / "model" / "model.safetensors").is_file()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
