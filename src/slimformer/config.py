@@ -198,15 +198,323 @@ class TeacherConfig(Section):
 # --- compression sections (distill, prune_structured, prune_dynamic) go here ---
 
 
+def _check_kd(alpha: float, temperature: float) -> None:
+    check(0 <= alpha <= 1, "alpha", "a number in [0, 1] (weight of the soft-target term)", alpha)
+    check(0 < temperature <= 100, "temperature", "a number in (0, 100]", temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(Section):
+    """``distill``: a compound-scaled student trained on the cached teacher logits (Hinton KD)."""
+
+    depth_multiplier: float = 0.33  # student layers = round(teacher layers x this), at least 1
+    width_multiplier: float = 1.0  # heads and FFN width scale by this; below 1 the student starts random
+    init_layers: tuple[int, ...] = (0, 5)  # teacher layer copied into each student layer; [] = evenly spaced
+    alpha: float = 0.7  # weight of the soft-target KL term; (1 - alpha) weighs label cross-entropy
+    temperature: float = 2.0
+    hidden_weight: float = 0.0  # > 0 adds hidden-state MSE to the mapped teacher layers (teacher runs live)
+    trim_vocab: bool = True  # keep only token ids seen in the training corpus (plus special tokens)
+    train: TrainConfig = TrainConfig(epochs=2, lr=1e-4, warmup_ratio=0.06)
+
+    def __post_init__(self) -> None:
+        check(0 < self.depth_multiplier <= 1, "depth_multiplier", "a number in (0, 1]", self.depth_multiplier)
+        check(0 < self.width_multiplier <= 1, "width_multiplier", "a number in (0, 1]", self.width_multiplier)
+        layers = list(self.init_layers)
+        check(all(i >= 0 for i in layers), "init_layers", "teacher layer indices >= 0", layers)
+        check(len(set(layers)) == len(layers), "init_layers", "distinct layer indices", layers)
+        _check_kd(self.alpha, self.temperature)
+        check(self.hidden_weight >= 0, "hidden_weight", "a number >= 0", self.hidden_weight)
+        check(
+            self.hidden_weight == 0 or self.width_multiplier == 1, "hidden_weight",
+            "0 unless width_multiplier is 1 (hidden states of different widths cannot be compared)",
+            self.hidden_weight,
+        )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneStructuredConfig(Section):
+    """``prune_structured``: remove the least important heads and FFN neurons, then recover with KD."""
+
+    head_importance: Literal["gradient", "entropy"] = "gradient"  # Michel et al. 2019, or attention entropy
+    neuron_importance: Literal["taylor", "magnitude"] = "taylor"  # |activation x gradient|, or weight norms
+    heads_fraction: float = 0.34  # of all heads, removed (ranked across layers unless heads_scope: per_layer)
+    heads_scope: Literal["global", "per_layer"] = "global"
+    neurons_fraction: float = 0.34  # of each layer's FFN neurons (the same count per layer: HF stores one size)
+    importance_batches: int = 0  # validation batches used to score heads and neurons; 0 = all
+    alpha: float = 0.7
+    temperature: float = 2.0
+    latency_rounds: int = 30  # timed forward passes of the same test batch, before and after
+    train: TrainConfig = TrainConfig(epochs=1, lr=5e-5, warmup_ratio=0.06)
+
+    def __post_init__(self) -> None:
+        check(0 <= self.heads_fraction < 1, "heads_fraction", "a number in [0, 1)", self.heads_fraction)
+        check(0 <= self.neurons_fraction < 1, "neurons_fraction", "a number in [0, 1)", self.neurons_fraction)
+        n = self.importance_batches
+        check(n >= 0, "importance_batches", "0 (all) or a positive integer", n)
+        _check_kd(self.alpha, self.temperature)
+        check(self.latency_rounds >= 1, "latency_rounds", "an integer >= 1", self.latency_rounds)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneDynamicConfig(Section):
+    """``prune_dynamic``: gradual magnitude pruning (Zhu & Gupta 2017) during a KD fine-tune."""
+
+    initial_sparsity: float = 0.0
+    final_sparsity: float = 0.5  # of the prunable weights (encoder linear layers, plus what is opted in)
+    begin_step: int = 0
+    end_step: int = 0  # last sparsity update; 0 = 3/4 of the first epoch (leaves steps to recover)
+    frequency: int = 10  # optimizer steps between mask updates
+    ranking: Literal["global", "per_layer"] = "global"  # one magnitude threshold, or one per weight matrix
+    prune_embeddings: bool = False
+    prune_classifier: bool = False  # pooler and classifier
+    alpha: float = 0.7
+    temperature: float = 2.0
+    train: TrainConfig = TrainConfig(epochs=1, lr=5e-5, warmup_ratio=0.06)
+
+    def __post_init__(self) -> None:
+        check(0 <= self.initial_sparsity < 1, "initial_sparsity", "a number in [0, 1)", self.initial_sparsity)
+        check(0 < self.final_sparsity < 1, "final_sparsity", "a number in (0, 1)", self.final_sparsity)
+        check(
+            self.initial_sparsity <= self.final_sparsity, "initial_sparsity",
+            f"a number <= final_sparsity ({self.final_sparsity})", self.initial_sparsity,
+        )  # fmt: skip
+        check(self.begin_step >= 0, "begin_step", "an integer >= 0", self.begin_step)
+        check(
+            self.end_step == 0 or self.end_step > self.begin_step, "end_step",
+            f"0 (automatic) or an integer > begin_step ({self.begin_step})", self.end_step,
+        )  # fmt: skip
+        check(self.frequency >= 1, "frequency", "an integer >= 1", self.frequency)
+        _check_kd(self.alpha, self.temperature)
+
+
 # --- quantization and export sections (quantize_ptq, quantize_qat, export) go here ---
+
+QUANTIZABLE_OPS = ("MatMul", "Gather", "Attention", "EmbedLayerNormalization", "Add", "Mul", "Softmax", "Transpose", "Reshape")
+
+
+def _check_op_types(key: str, ops: tuple[str, ...]) -> None:
+    check(len(ops) >= 1, key, "at least one ONNX op type", list(ops))
+    bad = [o for o in ops if o not in QUANTIZABLE_OPS]
+    check(not bad, key, ", ".join(QUANTIZABLE_OPS), bad)
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicPTQConfig(Section):
+    """``quantize.ptq.dynamic``: int8 weights, activations quantized at run time (ORT MatMulInteger)."""
+
+    per_channel: bool = True  # one scale per output column: keeps accuracy, same speed on CPU
+    reduce_range: bool = False  # 7-bit weights: only for CPUs without VNNI that saturate
+    op_types: tuple[str, ...] = ("MatMul", "Gather")  # Gather = the embedding tables (most of the bytes)
+
+    def __post_init__(self) -> None:
+        _check_op_types("op_types", self.op_types)
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticPTQConfig(Section):
+    """``quantize.ptq.static``: int8 weights and activations with ranges calibrated on training batches."""
+
+    calibration: Literal["minmax", "entropy", "percentile"] = "percentile"  # MiniLM: best of the three (measured)
+    percentile: float = 99.99  # only for calibration=percentile
+    num_batches: int = 16  # calibration batches drawn from the training split
+    batch_size: int = 16
+    per_channel: bool = True
+    reduce_range: bool = False
+    op_types: tuple[str, ...] = ("MatMul", "Gather")
+    linear_only: bool = True  # quantize only MatMuls with constant weights (not the attention score products)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(0 < self.percentile <= 100, "percentile", "a number in (0, 100]", self.percentile)
+        check(1 <= self.num_batches <= 10_000, "num_batches", "an integer in [1, 10000]", self.num_batches)
+        check(1 <= self.batch_size <= 1024, "batch_size", "an integer in [1, 1024]", self.batch_size)
+        _check_op_types("op_types", self.op_types)
+
+
+@dataclasses.dataclass(frozen=True)
+class PTQConfig(Section):
+    """``quantize.ptq``: post-training int8 of the fp32 ONNX engine with ONNX Runtime."""
+
+    method: Literal["both", "dynamic", "static"] = "both"  # engines of an unselected method are written as skipped
+    max_length: int = 64  # tokenizer truncation, as in training
+    max_accuracy_drop: float = 0.01  # val accuracy (fraction; 0.01 = 1 point) an int8 model may lose vs fp32 ONNX
+    max_excluded_nodes: int = 12  # accuracy fallback: at most this many MatMuls get float activations (weights stay int8)
+    exclude_step: int = 2  # MatMuls moved to float activations per fallback round (largest local error first)
+    eval_batch_size: int = 64
+    num_threads: int = 2
+    dynamic: DynamicPTQConfig = DynamicPTQConfig()
+    static: StaticPTQConfig = StaticPTQConfig()
+
+    def __post_init__(self) -> None:
+        check(8 <= self.max_length <= 512, "max_length", "an integer in [8, 512]", self.max_length)
+        check(0 <= self.max_accuracy_drop < 1, "max_accuracy_drop", "a fraction in [0, 1)", self.max_accuracy_drop)
+        check(self.max_excluded_nodes >= 0, "max_excluded_nodes", "an integer >= 0", self.max_excluded_nodes)
+        check(self.exclude_step >= 1, "exclude_step", "an integer >= 1", self.exclude_step)
+        check(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", self.eval_batch_size)
+        check(self.num_threads >= 1, "num_threads", "an integer >= 1", self.num_threads)
+
+
+@dataclasses.dataclass(frozen=True)
+class QATConfig(Section):
+    """``quantize.qat``: fake-quantization fine-tuning with knowledge distillation, then int8 ONNX."""
+
+    kd_source: Literal["float", "teacher"] = "float"  # KD targets: the model's own fp32 logits, or the teacher's
+    alpha: float = 0.5  # weight of the KD term; (1 - alpha) weighs cross-entropy on the labels
+    temperature: float = 2.0
+    observer_steps: int = 100  # steps of EMA range observation before activation ranges freeze
+    ema_decay: float = 0.9
+    per_channel: bool = True  # weight fake-quant (symmetric int8), as the ONNX weights will be quantized
+    quantize_embeddings: bool = True  # fake-quant the word embedding table, as the int8 Gather will be
+    calibration_batches: int = 16  # ranges of the tensors QAT did not learn, and the PTQ-static baseline
+    train: TrainConfig = TrainConfig(epochs=1, lr=1e-5, warmup_ratio=0.0)
+
+    def __post_init__(self) -> None:
+        check(0 <= self.alpha <= 1, "alpha", "a number in [0, 1]", self.alpha)
+        check(self.temperature > 0, "temperature", "a number > 0", self.temperature)
+        check(self.observer_steps >= 1, "observer_steps", "an integer >= 1", self.observer_steps)
+        check(0 < self.ema_decay < 1, "ema_decay", "a number in (0, 1)", self.ema_decay)
+        check(self.calibration_batches >= 1, "calibration_batches", "an integer >= 1", self.calibration_batches)
+        check(self.train.nproc == 1, "train.nproc", "1 (QAT runs in one process)", self.train.nproc)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig(Section):
+    """``quantize``: post-training (``ptq``) and quantization-aware (``qat``) int8."""
+
+    ptq: PTQConfig = PTQConfig()
+    qat: QATConfig = QATConfig()
+
+
+def _check_shape(key: str, shape: tuple[int, ...]) -> None:
+    check(len(shape) == 2 and all(d >= 1 for d in shape), key, "[batch, sequence], both >= 1", list(shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRTConfig(Section):
+    """``export.tensorrt``: the optimization profile (same for input_ids and attention_mask) and build limits."""
+
+    min_shape: tuple[int, ...] = (1, 1)  # [batch, sequence]
+    opt_shape: tuple[int, ...] = (8, 64)
+    max_shape: tuple[int, ...] = (32, 64)
+    workspace_mb: int = 1024
+    device: int = 0  # CUDA device index
+
+    def __post_init__(self) -> None:
+        for key in ("min_shape", "opt_shape", "max_shape"):
+            _check_shape(key, getattr(self, key))
+        lo, opt, hi = self.min_shape, self.opt_shape, self.max_shape
+        ordered = all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=False))
+        check(ordered, "opt_shape", "min_shape <= opt_shape <= max_shape in each dimension", [list(lo), list(opt), list(hi)])
+        check(self.workspace_mb >= 16, "workspace_mb", "an integer >= 16", self.workspace_mb)
+        check(self.device >= 0, "device", "an integer >= 0", self.device)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig(Section):
+    """``export``: engine formats, and the parity gate every engine must pass."""
+
+    opset: int = 18
+    max_length: int = 64  # tokenizer truncation for the parity and agreement batches
+    batch_sizes: tuple[int, ...] = (1, 8, 32)  # parity probes: every batch size x every length
+    lengths: tuple[int, ...] = (8, 24, 64)
+    atol: float = 1e-4  # fp32 engines: max |logit - PyTorch logit|
+    atol_fp16: float = 5e-2
+    min_agreement: float = 0.9  # int8 engines: argmax agreement with the float source on val (a floor against broken engines)
+    agreement_rows: int = 0  # val rows for the agreement check; 0 = all
+    num_threads: int = 2
+    seed: int = 0
+    tensorrt: TensorRTConfig = TensorRTConfig()
+
+    def __post_init__(self) -> None:
+        check(17 <= self.opset <= 21, "opset", "an integer in [17, 21]", self.opset)
+        check(8 <= self.max_length <= 512, "max_length", "an integer in [8, 512]", self.max_length)
+        check(len(self.batch_sizes) >= 1 and all(b >= 1 for b in self.batch_sizes), "batch_sizes", "integers >= 1", list(self.batch_sizes))
+        ok = len(self.lengths) >= 1 and all(3 <= n <= self.max_length for n in self.lengths)
+        check(ok, "lengths", f"integers in [3, max_length={self.max_length}]", list(self.lengths))
+        check(0 < self.atol < 1, "atol", "a number in (0, 1)", self.atol)
+        check(0 < self.atol_fp16 < 10, "atol_fp16", "a number in (0, 10)", self.atol_fp16)
+        check(0 < self.min_agreement <= 1, "min_agreement", "a fraction in (0, 1]", self.min_agreement)
+        check(self.agreement_rows >= 0, "agreement_rows", "0 (all) or a positive integer", self.agreement_rows)
+        check(self.num_threads >= 1, "num_threads", "an integer >= 1", self.num_threads)
+        check(self.tensorrt.max_shape[1] <= 512, "tensorrt.max_shape", "sequence <= 512", list(self.tensorrt.max_shape))
 
 
 # --- benchmark and report sections (benchmark, report/select) go here ---
 
 
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig(Section):
+    """``benchmark``: every engine measured alike (full-test accuracy, interleaved latency, size, memory)."""
+
+    max_length: int = 64  # tokenizer truncation, as in training
+    num_threads: int = 2  # intra-op threads of every runtime (fixed, so runs compare)
+    batch1_samples: int = 200  # test sentences timed one at a time, every round
+    large_batch: int = 32  # the second batch size timed
+    large_batches: int = 8  # batches of large_batch random test sentences, every round
+    repeats: int = 5  # each timed sentence and batch runs this many times per variant in total
+    rounds: int = 20  # those calls spread over this many interleaved rounds (every variant in each, order rotated)
+    warmup: int = 10  # untimed calls per variant before the rounds (large batches: a quarter, at least 1)
+    eval_batch_size: int = 64  # accuracy pass over the full test split
+    peak_rss: bool = True  # peak resident memory of each variant, in a fresh child process
+    zip_level: int = 9  # DEFLATE level of the zip-compressed size
+    onestep: Literal["optimum", "onnxruntime", "none"] = "optimum"  # how the one-step int8 baseline is built
+    seed: int = 0  # which test sentences are timed, and the order of each round
+
+    def __post_init__(self) -> None:
+        check(8 <= self.max_length <= 512, "max_length", "an integer in [8, 512]", self.max_length)
+        check(self.num_threads >= 1, "num_threads", "an integer >= 1", self.num_threads)
+        check(1 <= self.batch1_samples <= 100_000, "batch1_samples", "an integer in [1, 100000]", self.batch1_samples)
+        check(2 <= self.large_batch <= 4096, "large_batch", "an integer in [2, 4096]", self.large_batch)
+        check(self.large_batches >= 1, "large_batches", "an integer >= 1", self.large_batches)
+        check(1 <= self.repeats <= 1000, "repeats", "an integer in [1, 1000]", self.repeats)
+        check(1 <= self.rounds <= 10_000, "rounds", "an integer in [1, 10000]", self.rounds)
+        check(self.warmup >= 0, "warmup", "an integer >= 0", self.warmup)
+        check(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", self.eval_batch_size)
+        check(0 <= self.zip_level <= 9, "zip_level", "an integer in [0, 9]", self.zip_level)
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectConfig(Section):
+    """``report.select``: which engine is deployed: the fastest within the accuracy budget."""
+
+    max_accuracy_drop: float = 0.01  # absolute test accuracy (0.01 = 1 point) below the PyTorch teacher
+    formats: tuple[str, ...] = ()  # deployable formats (onnx, torchscript, tensorrt); empty = any
+    precisions: tuple[str, ...] = ()  # fp32, fp16, int8; empty = any
+    include_baselines: bool = False  # may the one-step int8 baseline itself be selected?
+
+    def __post_init__(self) -> None:
+        check(0 <= self.max_accuracy_drop < 1, "max_accuracy_drop", "a fraction in [0, 1)", self.max_accuracy_drop)
+        bad = [f for f in self.formats if f not in ("onnx", "torchscript", "tensorrt")]
+        check(not bad, "formats", "onnx, torchscript, tensorrt (empty = any)", bad)
+        bad = [p for p in self.precisions if p not in ("fp32", "fp16", "int8")]
+        check(not bad, "precisions", "fp32, fp16, int8 (empty = any)", bad)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig(Section):
+    """``report``: the report, the Pareto plot, the final model's anatomy and the engine selection."""
+
+    max_length: int = 64  # tokenizer truncation of the validation batches (attention entropy)
+    entropy_batches: int = 4  # validation batches for per-head attention entropy; 0 = leave it out
+    entropy_batch_size: int = 32
+    select: SelectConfig = SelectConfig()
+
+    def __post_init__(self) -> None:
+        check(8 <= self.max_length <= 512, "max_length", "an integer in [8, 512]", self.max_length)
+        check(self.entropy_batches >= 0, "entropy_batches", "0 (none) or a positive integer", self.entropy_batches)
+        check(self.entropy_batch_size >= 1, "entropy_batch_size", "an integer >= 1", self.entropy_batch_size)
+
+
 SECTIONS: dict[str, type[Section]] = {
     "data": DataConfig,
     "teacher": TeacherConfig,
+    "distill": DistillConfig,
+    "prune_structured": PruneStructuredConfig,
+    "prune_dynamic": PruneDynamicConfig,
+    "quantize": QuantizeConfig,
+    "export": ExportConfig,
+    "benchmark": BenchmarkConfig,
+    "report": ReportConfig,
 }
 
 

@@ -205,13 +205,16 @@ def fit(
     loss_fn: Callable[[nn.Module, Batch], torch.Tensor] = cross_entropy_loss,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     desc: str = "train",
+    on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place; at the end it holds the weights of the best validation epoch.
 
     ``loss_fn(model, batch)`` returns the scalar loss (cross-entropy by default; the
     distillation stages pass a KD loss). ``on_epoch(epoch, metrics)`` runs on rank 0 after
-    each epoch (dvclive logging). Under torch.distributed the model is wrapped in
-    DistributedDataParallel and each rank trains on its own share of every epoch's batches.
+    each epoch (dvclive logging). ``on_step(step)`` runs on every rank after each optimizer
+    step with the 1-based global step (gradual pruning re-applies its masks there). Under
+    torch.distributed the model is wrapped in DistributedDataParallel and each rank trains
+    on its own share of every epoch's batches.
     """
     set_seed(cfg.seed)
     rank, size = world()
@@ -249,7 +252,7 @@ def fit(
         order = order[rank : steps_per_epoch * size : size]
         running, seen = 0.0, 0
         bar = progress(order, desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="step", disable=rank != 0)
-        for idx in bar:
+        for i, idx in enumerate(bar):
             batch = collate(train, idx, pad_id)
             loss = loss_fn(net, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -257,6 +260,8 @@ def fit(
             nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            if on_step is not None:
+                on_step((epoch - 1) * steps_per_epoch + i + 1)
             running += loss.item() * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)

@@ -1,0 +1,83 @@
+"""One small adapter per model family over the module layout compression needs.
+
+Compression code never spells out ``model.bert.encoder.layer[i].attention.self.query``:
+it asks the adapter for a layer's linear maps and the config keys that size them. The
+registry is keyed by ``config.model_type``; another family (RoBERTa shares BERT's layout,
+DistilBERT names its modules ``q_lin``/``ffn.lin1``...) is one more entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from slimformer.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class LayerModules:
+    """The linear maps of one transformer block that compression reads and prunes."""
+
+    query: nn.Linear  # hidden -> heads * head_size
+    key: nn.Linear
+    value: nn.Linear
+    attn_out: nn.Linear  # heads * head_size -> hidden
+    ffn_in: nn.Linear  # hidden -> intermediate
+    ffn_out: nn.Linear  # intermediate -> hidden
+    num_heads: int  # heads present now
+    head_size: int
+    head_ids: tuple[int, ...]  # config numbering of the heads present (what prune_heads expects)
+
+    def linears(self) -> dict[str, nn.Linear]:
+        return {n: getattr(self, n) for n in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")}
+
+
+@dataclass(frozen=True)
+class Adapter:
+    blocks: Callable[[PreTrainedModel], nn.ModuleList]  # the transformer blocks, bottom to top
+    modules: Callable[[nn.Module], LayerModules]  # one block -> its linear maps
+    embeddings: Callable[[PreTrainedModel], nn.Module]
+    depth_key: str  # config field names (they differ between families)
+    hidden_key: str
+    heads_key: str
+    ffn_key: str
+
+    def layers(self, model: PreTrainedModel) -> list[LayerModules]:
+        return [self.modules(b) for b in self.blocks(model)]
+
+
+def _bert_block(block: nn.Module) -> LayerModules:
+    att = block.attention
+    n = att.self.num_attention_heads
+    ids = tuple(h for h in range(n + len(att.pruned_heads)) if h not in att.pruned_heads)
+    return LayerModules(
+        att.self.query, att.self.key, att.self.value, att.output.dense,
+        block.intermediate.dense, block.output.dense, n, att.self.attention_head_size, ids,
+    )  # fmt: skip
+
+
+BERT = Adapter(
+    blocks=lambda m: m.base_model.encoder.layer,
+    modules=_bert_block,
+    embeddings=lambda m: m.base_model.embeddings,
+    depth_key="num_hidden_layers",
+    hidden_key="hidden_size",
+    heads_key="num_attention_heads",
+    ffn_key="intermediate_size",
+)
+
+ADAPTERS: dict[str, Adapter] = {"bert": BERT}
+
+
+def adapter_for(model: PreTrainedModel | PretrainedConfig) -> Adapter:
+    """The adapter for a model's (or a config's) ``model_type``; an unsupported family is a clear error."""
+    kind = getattr(getattr(model, "config", model), "model_type", None)
+    if kind not in ADAPTERS:
+        raise CheckpointError(
+            f"model_type {kind!r} has no compression adapter; supported: {', '.join(ADAPTERS)} "
+            "(add one in slimformer/adapters.py)"
+        )
+    return ADAPTERS[kind]
