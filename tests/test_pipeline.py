@@ -16,6 +16,8 @@ def repo(tmp_path_factory) -> Path:
     overrides = yaml.safe_load((REPO / "tests" / "tiny_params.yaml").read_text())
     dest = copy_repo(tmp_path_factory.mktemp("repo"), overrides)
     run(["dvc", "repro"], dest)
+    run(["git", "add", "-A"], dest)  # what a user commits: dvc.lock, metrics, plots (autostaged)
+    run(["git", "commit", "-qm", "repro"], dest)
     return dest
 
 
@@ -45,8 +47,9 @@ def test_misspelled_key_fails_naming_it(repo: Path):
         assert proc.returncode != 0
         assert "teacher.train.epohcs: unknown key (did you mean teacher.train.epochs?)" in proc.stderr + proc.stdout
     finally:
-        run(["git", "checkout", "params.yaml"], repo)
-    # DVC clears a stage's outs before running it; the last good ones stay in its cache.
+        run(["git", "checkout", "--", "."], repo)
+    # DVC clears a stage's outs before running it; the last good ones stay in its cache
+    # (models) and in git (metrics files, cache: false).
     run(["dvc", "checkout"], repo)
     assert (repo / "artifacts/models/teacher/model.safetensors").is_file()
     assert "up to date" in run(["dvc", "status"], repo).stdout
