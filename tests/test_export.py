@@ -158,7 +158,7 @@ def test_tensorrt_exporters_skip_with_reason(engines, data_dir):
 
 
 def test_tensorrt_int8_needs_the_qdq_engine(engines, data_dir, tmp_path):
-    with pytest.raises(config_module.ConfigError, match="needs the QDQ int8 ONNX engine"):
+    with pytest.raises(config_module.ConfigError, match="needs the QDQ int8 ONNX engine with symmetric scales"):
         build_engine("tensorrt_int8", engines["onnx"], CFG, data_dir, tmp_path / "trt8")
 
 

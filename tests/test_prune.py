@@ -91,7 +91,9 @@ def test_gradient_importance_equals_the_head_mask_gradient_of_michel_et_al():
     head_mask = torch.ones(2, 4, requires_grad=True)
     out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, head_mask=head_mask).logits
     (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(out, b.labels), head_mask)
-    heads, neurons = gate_gradients(model, [b], "test")
+    cache: dict = {}
+    heads, neurons = gate_gradients(model, [b], cache)
+    assert gate_gradients(model, [], cache)[0] is heads  # computed once per scoring run
     torch.testing.assert_close(torch.stack(heads), grad.abs(), rtol=1e-4, atol=1e-7)
     assert [n.shape for n in neurons] == [(64,), (64,)]
 

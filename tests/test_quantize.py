@@ -17,7 +17,10 @@ from slimformer.engines import TorchRunner, load_engine, verify_engine
 from slimformer.export import build_engine
 from slimformer.modeling import load_classifier
 from slimformer.qat import FakeQuantLinear, act_qparams, fake_quant_weight, qat, range_overrides, unwrap, wrap
-from slimformer.quantize import VARIANTS, AccuracyError, fit_accuracy, linear_matmuls, ptq, rank_matmuls, sqnr_db
+from slimformer.engines import OrtRunner
+from slimformer.quantize import (
+    VARIANTS, AccuracyError, FeedReader, fit_accuracy, linear_matmuls, ptq, rank_matmuls, sqnr_db, weight_only_int8,
+)  # fmt: skip
 
 EXPORT = ExportConfig(batch_sizes=(1, 8), lengths=(8, 32), min_agreement=0.9)
 
@@ -62,7 +65,7 @@ def test_ptq_engines(ptq_run, fp32_engine):
         m = verify_engine(d)
         assert m["status"] == "ok" and m["precision"] == "int8" and m["variant"] == VARIANTS[kind]
         assert m["source_model"] == str(fp32_engine) and m["quant_format"] == {"dynamic": "dynamic", "static": "qoperator",
-                                                                                "static_qdq": "qdq"}[kind]  # fmt: skip
+                                                                                "static_qdq": "qdq_symmetric"}[kind]  # fmt: skip
         assert m["parity"]["kind"] == "agreement" and m["parity"]["agreement"] >= EXPORT.min_agreement
         size = (d / "model.onnx").stat().st_size
         assert size <= 0.3 * fp32_bytes  # int8 embeddings (Gather) included: they are most of the bytes
@@ -113,6 +116,35 @@ def test_rank_matmuls_covers_every_linear(fp32_engine):
     assert {r["node"] for r in ranked} == set(linear)
     assert [r["sqnr_db"] for r in ranked] == sorted(r["sqnr_db"] for r in ranked)
     assert all(20 < r["sqnr_db"] < 80 for r in ranked)  # int8 on real activations: noisy, not broken
+
+
+def test_weight_only_int8_keeps_excluded_weights_small(tmp_path, fp32_engine):
+    """An excluded MatMul gets float activations but keeps int8 weights: the size budget holds."""
+    import shutil
+
+    path = tmp_path / "m.onnx"
+    shutil.copy2(fp32_engine / "model.onnx", path)
+    nodes = sorted(linear_matmuls(onnx.load(str(path))))[:3]
+    weight_bytes = sum(w.nbytes for _, w in (linear_matmuls(onnx.load(str(path)))[n] for n in nodes))
+    before = path.stat().st_size
+    weight_only_int8(path, nodes)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) == 3
+    assert before - path.stat().st_size >= 0.5 * weight_bytes  # int8 is a quarter of fp32 (+ per-channel scales)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 3000, (4, 16), dtype=np.int64)
+    mask = np.ones_like(ids)
+    ref, out = OrtRunner(fp32_engine / "model.onnx", 1)(ids, mask), OrtRunner(path, 1)(ids, mask)
+    assert sqnr_db(ref - ref.mean(), out - ref.mean()) >= 30
+
+
+def test_feed_reader_ranges():
+    feeds = [{"i": np.array([k])} for k in range(5)]
+    reader = FeedReader(feeds)
+    assert len(reader) == 5 and [int(f["i"][0]) for f in iter(reader.get_next, None)] == [0, 1, 2, 3, 4]
+    reader.set_range(1, 3)
+    assert [int(f["i"][0]) for f in iter(reader.get_next, None)] == [1, 2]
 
 
 def test_accuracy_fallback_excludes_worst_first():
@@ -199,6 +231,7 @@ def test_qat_end_to_end(tmp_path, tiny_bert_dir, data_dir):
         assert 0 <= metrics[key]["test_accuracy"] <= 1
     m = verify_engine(tmp_path / "qat_int8_onnx")
     assert m["variant"] == "qat_int8_onnx" and m["precision"] == "int8" and m["quantization"]["pinned_ranges"] == 12
+    assert m["quant_format"] == "qdq_float_output"
     assert m["parity"]["agreement"] >= EXPORT.min_agreement
     extra = json.loads((tmp_path / "qat" / "slimformer.json").read_text())["qat"]
     assert len(extra["input_ranges"]) == 12

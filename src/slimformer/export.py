@@ -410,8 +410,9 @@ def _tensorrt(source_dir: Path, cfg: ExportConfig, out_dir: Path, precision: str
     source = verify_engine(source_dir)
     if source["format"] != "onnx" or source["status"] != "ok":
         raise ConfigError(f"{source_dir}: TensorRT builds from an ONNX engine directory, got {source['format']} ({source['status']})")
-    if precision == "int8" and source.get("quant_format") != "qdq":
-        raise ConfigError(f"{source_dir}: TensorRT int8 needs the QDQ int8 ONNX engine (explicit quantization)")
+    if precision == "int8" and source.get("quant_format") != "qdq_symmetric":
+        raise ConfigError(f"{source_dir}: TensorRT int8 needs the QDQ int8 ONNX engine with symmetric scales "
+                          f"(explicit quantization), got quant_format={source.get('quant_format')!r}")  # fmt: skip
     if precision == "fp16" and source["precision"] != "fp32":
         raise ConfigError(f"{source_dir}: TensorRT fp16 builds from the fp32 ONNX engine, got {source['precision']}")
     info: dict[str, Any] = {"format": "tensorrt", "precision": precision, "opset": source.get("opset"),

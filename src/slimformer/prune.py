@@ -87,36 +87,46 @@ def _gate_hook(gate: torch.Tensor, group: int):
 
 
 def gate_gradients(
-    model: PreTrainedModel, batches: list[Batch], desc: str
+    model: PreTrainedModel, batches: list[Batch], cache: dict | None = None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Sum over batches of ``|dL/d gate|`` (L = cross-entropy on the labels) for heads and neurons.
 
     For a neuron this is ``|sum_tokens activation * dL/d activation|``: first-order Taylor importance.
+    One backward pass gives both; ``cache`` (a dict shared by one scoring run) keeps the result
+    so that head and neuron scores do not pay for it twice.
     """
+    if cache is not None and "gate_gradients" in cache:
+        return cache["gate_gradients"]
     model.eval()  # importance of the deterministic network: no dropout
     with gates(model) as (head_g, neuron_g):
         acc_h = [torch.zeros_like(g) for g in head_g]
         acc_n = [torch.zeros_like(g) for g in neuron_g]
-        for b in progress(batches, desc=desc, unit="batch"):
+        for b in progress(batches, desc="importance (gradients)", unit="batch"):
             logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
             grads = torch.autograd.grad(F.cross_entropy(logits, b.labels), head_g + neuron_g)
             for a, g in zip(acc_h + acc_n, grads, strict=True):
                 a += g.abs()
+    if cache is not None:
+        cache["gate_gradients"] = (acc_h, acc_n)
     return acc_h, acc_n
 
 
-def gradient_head_importance(model: PreTrainedModel, batches: list[Batch]) -> list[torch.Tensor]:
+def gradient_head_importance(
+    model: PreTrainedModel, batches: list[Batch], cache: dict | None = None
+) -> list[torch.Tensor]:
     """Michel et al. (2019): ``sum |dL/d head_gate|``, normalised to unit L2 norm in each layer.
 
     Per layer ``(heads,)``; the normalisation makes scores comparable across layers for a
     global ranking, as in the paper.
     """
-    heads, _ = gate_gradients(model, batches, "head importance (gradient)")
+    heads, _ = gate_gradients(model, batches, cache)
     return [h / h.norm().clamp_min(1e-12) for h in heads]
 
 
 @torch.inference_mode()
-def entropy_head_importance(model: PreTrainedModel, batches: list[Batch]) -> list[torch.Tensor]:
+def entropy_head_importance(
+    model: PreTrainedModel, batches: list[Batch], cache: dict | None = None
+) -> list[torch.Tensor]:
     """``1 - mean normalised attention entropy`` per head ``(heads,)``: focused heads score high.
 
     Entropy of each real query's attention row is divided by ``log(real tokens)``, so a head
@@ -143,13 +153,17 @@ def entropy_head_importance(model: PreTrainedModel, batches: list[Batch]) -> lis
     return [1 - s / count for s in sums]
 
 
-def taylor_neuron_importance(model: PreTrainedModel, batches: list[Batch]) -> list[torch.Tensor]:
+def taylor_neuron_importance(
+    model: PreTrainedModel, batches: list[Batch], cache: dict | None = None
+) -> list[torch.Tensor]:
     """``sum |activation x gradient|`` per FFN neuron ``(intermediate,)`` (Molchanov et al. 2017)."""
-    _, neurons = gate_gradients(model, batches, "neuron importance (taylor)")
+    _, neurons = gate_gradients(model, batches, cache)
     return neurons
 
 
-def magnitude_neuron_importance(model: PreTrainedModel, batches: list[Batch]) -> list[torch.Tensor]:
+def magnitude_neuron_importance(
+    model: PreTrainedModel, batches: list[Batch], cache: dict | None = None
+) -> list[torch.Tensor]:
     """``||W_in[n, :]|| * ||W_out[:, n]||`` per FFN neuron ``(intermediate,)``; needs no data."""
     return [
         layer.ffn_in.weight.detach().norm(dim=1) * layer.ffn_out.weight.detach().norm(dim=0)
@@ -157,11 +171,13 @@ def magnitude_neuron_importance(model: PreTrainedModel, batches: list[Batch]) ->
     ]
 
 
-HEAD_IMPORTANCE: dict[str, Callable[[PreTrainedModel, list[Batch]], list[torch.Tensor]]] = {
+# Each measure: fn(model, validation batches, cache) -> per layer scores, higher = more important.
+Importance = Callable[[PreTrainedModel, list[Batch], dict | None], list[torch.Tensor]]
+HEAD_IMPORTANCE: dict[str, Importance] = {
     "gradient": gradient_head_importance,
     "entropy": entropy_head_importance,
 }
-NEURON_IMPORTANCE: dict[str, Callable[[PreTrainedModel, list[Batch]], list[torch.Tensor]]] = {
+NEURON_IMPORTANCE: dict[str, Importance] = {
     "taylor": taylor_neuron_importance,
     "magnitude": magnitude_neuron_importance,
 }
@@ -389,8 +405,9 @@ def prune_structured(
     before = model_metrics(model, splits, logits, pad, t.eval_batch_size, t.max_length) | structure(model)
 
     batches = _val_batches(splits["val"], pad, t.eval_batch_size, cfg.importance_batches, t.seed)
-    head_scores = HEAD_IMPORTANCE[cfg.head_importance](model, batches)
-    neuron_scores = NEURON_IMPORTANCE[cfg.neuron_importance](model, batches)
+    cache: dict = {}  # gradient head scores and Taylor neuron scores share one backward pass
+    head_scores = HEAD_IMPORTANCE[cfg.head_importance](model, batches, cache)
+    neuron_scores = NEURON_IMPORTANCE[cfg.neuron_importance](model, batches, cache)
     plan = make_plan(model, head_scores, neuron_scores, cfg)
     apply_plan(model, plan)
     model.zero_grad(set_to_none=True)

@@ -20,12 +20,13 @@ spent. Their weights stay int8 (weight-only ``DequantizeLinear``), so the size b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,12 @@ from slimformer.modeling import load_tokenizer
 from slimformer.training import batch_order, classification_metrics, collate, encode
 
 VARIANTS = {"dynamic": "ptq_dynamic_int8_onnx", "static": "ptq_static_int8_onnx", "static_qdq": "ptq_static_int8_qdq_onnx"}
-QUANT_FORMATS = {"dynamic": "dynamic", "static": "qoperator", "static_qdq": "qdq"}
+# How each engine's int8 is written (the manifest's "quant_format"):
+#   qoperator         QLinearMatMul: uint8 activations in and out of every MatMul (ORT CPU)
+#   qdq_symmetric     Q/DQ pairs, symmetric int8 activations and weights (what TensorRT builds from)
+#   qdq_float_output  Q/DQ on MatMul inputs and weights only, float MatMul outputs (ORT CPU fuses it into
+#                     MatMulIntegerToFloat); exactly what QAT's fake quantization simulates
+QUANT_FORMATS = {"dynamic": "dynamic", "static": "qoperator", "static_qdq": "qdq_symmetric"}
 
 
 class AccuracyError(SlimformerError):
@@ -98,34 +104,38 @@ def calibration_batches(tokenizer, train: list[Example], cfg: StaticPTQConfig, m
 
 
 class FeedReader:
-    """ORT ``CalibrationDataReader`` over a fixed list of feeds; ``rewind()`` replays it."""
+    """ORT ``CalibrationDataReader`` over a fixed list of feeds, readable in ranges (``set_range``)."""
 
     def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
         self.feeds = feeds
-        self._i = 0
+        self._i, self._end = 0, len(feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._i >= len(self.feeds):
+        if self._i >= self._end:
             return None
         self._i += 1
         return self.feeds[self._i - 1]
-
-    def rewind(self) -> None:
-        self._i = 0
 
     def __len__(self) -> int:
         return len(self.feeds)
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        self._i = start_index
+        self._i, self._end = start_index, min(end_index, len(self.feeds))
 
 
 # --------------------------------------------------------------------------- ORT calls
 
 
-def _ort_quiet() -> None:
-    # ORT's quantizer logs a pre-processing hint at WARNING on every call; we pre-process.
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+@contextlib.contextmanager
+def _ort_quiet() -> Iterator[None]:
+    """ORT's quantizer logs a pre-processing hint on the root logger at every call; we do pre-process."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def preprocess(fp32_path: Path, out_path: Path) -> str:
@@ -148,19 +158,19 @@ def quantize_dynamic(fp32_path: Path, out_path: Path, cfg: DynamicPTQConfig, exc
     """int8 weights (QInt8), uint8 activations quantized at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
 
-    _ort_quiet()
-    quantize_dynamic(
-        str(fp32_path), str(out_path), op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
-        reduce_range=cfg.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-        extra_options={"MatMulConstBOnly": True},
-    )  # fmt: skip
+    with _ort_quiet():
+        quantize_dynamic(
+            str(fp32_path), str(out_path), op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
+            reduce_range=cfg.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+            extra_options={"MatMulConstBOnly": True},
+        )  # fmt: skip
 
 
 def quantize_static(
-    fp32_path: Path, out_path: Path, cfg: StaticPTQConfig, qdq: bool, feeds: list[dict[str, np.ndarray]],
+    fp32_path: Path, out_path: Path, cfg: StaticPTQConfig, form: str, feeds: list[dict[str, np.ndarray]],
     cache: Path, exclude: list[str], overrides: dict[str, list[dict]] | None = None,
 ) -> None:  # fmt: skip
-    """Calibrated int8: QOperator with uint8 activations (CPU), or QDQ with symmetric int8 (TensorRT).
+    """Calibrated int8 in ``form``: "qoperator", "qdq_symmetric" or "qdq_float_output" (see QUANT_FORMATS).
 
     The calibration ranges are computed once and kept in ``cache`` (JSON), so the second format
     and every fallback round reuse them. ``overrides`` (TensorQuantOverrides) pin the ranges
@@ -168,23 +178,29 @@ def quantize_static(
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
 
-    _ort_quiet()
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibration]  # fmt: skip
-    extra: dict[str, Any] = {"MatMulConstBOnly": cfg.linear_only}
+    # One batch at a time: the calibrators otherwise hold every batch's every activation (GBs for MiniLM).
+    extra: dict[str, Any] = {"MatMulConstBOnly": cfg.linear_only, "CalibStridedMinMax": 1}
     if cfg.calibration == "percentile":
         extra["CalibPercentile"] = cfg.percentile
-    if qdq:  # TensorRT takes symmetric int8 only (zero point 0) for both weights and activations
+    if form not in ("qoperator", "qdq_symmetric", "qdq_float_output"):
+        raise ValueError(f"unknown static int8 form {form!r}")
+    symmetric = form == "qdq_symmetric"
+    if symmetric:  # TensorRT takes symmetric int8 only (zero point 0) for both weights and activations
         extra |= {"ActivationSymmetric": True, "WeightSymmetric": True, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}
+    if form == "qdq_float_output":  # requantizing MatMul outputs costs accuracy QAT never trained for
+        extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
     if overrides:
         extra["TensorQuantOverrides"] = overrides
-    quantize_static(
-        str(fp32_path), str(out_path), calibration_data_reader=FeedReader(feeds),
-        quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator, op_types_to_quantize=list(cfg.op_types),
-        per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-        activation_type=QuantType.QInt8 if qdq else QuantType.QUInt8, weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(exclude), calibrate_method=method, extra_options=extra, calibration_cache_path=str(cache),
-    )  # fmt: skip
+    with _ort_quiet():
+        quantize_static(
+            str(fp32_path), str(out_path), calibration_data_reader=FeedReader(feeds),
+            quant_format=QuantFormat.QOperator if form == "qoperator" else QuantFormat.QDQ, op_types_to_quantize=list(cfg.op_types),
+            per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude), calibrate_method=method, extra_options=extra, calibration_cache_path=str(cache),
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- local quantization error
@@ -369,14 +385,15 @@ def _quantizer(kind: str, ctx: _Context) -> tuple[Callable[[list[str]], Path], C
             return out
 
         return quantize, lambda: rank_matmuls(ctx.pre, ctx.probe_feeds, d.per_channel, d.reduce_range, False), d.to_dict()
-    s, qdq = ctx.cfg.static, kind == "static_qdq"
+    s, form = ctx.cfg.static, QUANT_FORMATS[kind]
 
     def quantize_s(exclude: list[str]) -> Path:
-        quantize_static(ctx.pre, out, s, qdq, ctx.calib, ctx.cache, exclude)
+        quantize_static(ctx.pre, out, s, form, ctx.calib, ctx.cache, exclude)
         weight_only_int8(out, exclude)
         return out
 
-    return quantize_s, lambda: rank_matmuls(ctx.pre, ctx.probe_feeds, s.per_channel, s.reduce_range, qdq), s.to_dict()
+    symmetric = form == "qdq_symmetric"
+    return quantize_s, lambda: rank_matmuls(ctx.pre, ctx.probe_feeds, s.per_channel, s.reduce_range, symmetric), s.to_dict()
 
 
 def ptq(
