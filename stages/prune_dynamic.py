@@ -3,10 +3,8 @@
 import argparse
 import sys
 
-from dvclive import Live
-
 from slimformer import distributed
-from slimformer.cli import stage_main, torch_threads
+from slimformer.cli import EpochCurves, stage_main, torch_threads
 from slimformer.config import load_section
 from slimformer.io import write_json
 from slimformer.prune import prune_dynamic
@@ -30,22 +28,11 @@ def run(args: argparse.Namespace) -> None:
         sys.exit(code)
     torch_threads(cfg.train.num_threads)
     distributed.init()
-    live = None
-
-    def log(epoch: int, metrics: dict[str, float]) -> None:
-        nonlocal live
-        if live is None:  # epoch 1 starts fresh curves; a later epoch means a resumed run
-            live = Live(args.live, resume=epoch > 1, dvcyaml=None, save_dvc_exp=False)
-        live.step = epoch
-        for k, v in metrics.items():
-            if k != "epoch":
-                live.log_metric(k, v)
-        live.next_step()
+    log = EpochCurves(args.live)
 
     metrics = prune_dynamic(cfg, args.pruned, args.data, args.logits, args.out, args.checkpoints, on_epoch=log)
     if world()[0] == 0:
-        if live is not None:
-            live.end()
+        log.end()
         write_json(args.metrics, metrics)
         s, size = metrics["sparsity"], metrics["size_after"]
         print(

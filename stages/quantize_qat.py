@@ -2,9 +2,7 @@
 
 import argparse
 
-from dvclive import Live
-
-from slimformer.cli import stage_main, torch_threads
+from slimformer.cli import EpochCurves, stage_main, torch_threads
 from slimformer.config import load_section
 from slimformer.io import write_json
 from slimformer.qat import qat
@@ -25,22 +23,11 @@ def run(args: argparse.Namespace) -> None:
     cfg = load_section("quantize", args.params).qat
     export_cfg = load_section("export", args.params)
     torch_threads(cfg.train.num_threads)
-    live = None
-
-    def log(epoch: int, metrics: dict[str, float]) -> None:
-        nonlocal live
-        if live is None:  # epoch 1 starts fresh curves; a later epoch means a resumed run
-            live = Live(args.live, resume=epoch > 1, dvcyaml=None, save_dvc_exp=False)
-        live.step = epoch
-        for k, v in metrics.items():
-            if k != "epoch":
-                live.log_metric(k, v)
-        live.next_step()
+    log = EpochCurves(args.live)
 
     metrics = qat(args.model, args.data, cfg, export_cfg, args.out, args.engine, args.checkpoints,
                   teacher_logits=args.teacher_logits, on_epoch=log)  # fmt: skip
-    if live is not None:
-        live.end()
+    log.end()
     write_json(args.metrics, metrics)
     print(f"quantize_qat: int8 test accuracy {metrics['qat_int8']['test_accuracy']:.4f}, "
           f"PTQ static {metrics['ptq_static_int8']['test_accuracy']:.4f}, float {metrics['float_before']['test_accuracy']:.4f}")  # fmt: skip

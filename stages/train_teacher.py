@@ -3,10 +3,8 @@
 import argparse
 import sys
 
-from dvclive import Live
-
 from slimformer import distributed
-from slimformer.cli import stage_main, torch_threads
+from slimformer.cli import EpochCurves, stage_main, torch_threads
 from slimformer.config import load_section
 from slimformer.io import write_json
 from slimformer.teacher import finetune
@@ -28,23 +26,11 @@ def run(args: argparse.Namespace) -> None:
         sys.exit(code)
     torch_threads(cfg.train.num_threads)
     distributed.init()
-    live = None
-
-    def log(epoch: int, metrics: dict[str, float]) -> None:
-        nonlocal live
-        if live is None:  # epoch 1 starts fresh curves; a later epoch means a resumed run
-            # dvclive only writes curves: dvc.yaml declares them, and experiments are dvc's job.
-            live = Live(args.live, resume=epoch > 1, dvcyaml=None, save_dvc_exp=False)
-        live.step = epoch
-        for k, v in metrics.items():
-            if k != "epoch":
-                live.log_metric(k, v)
-        live.next_step()
+    log = EpochCurves(args.live)
 
     metrics = finetune(cfg, args.data, args.out, args.checkpoints, on_epoch=log)
     if world()[0] == 0:
-        if live is not None:
-            live.end()
+        log.end()
         write_json(args.metrics, metrics)
         print(f"teacher: test accuracy {metrics['test_accuracy']:.4f}, macro-F1 {metrics['test_macro_f1']:.4f}")
     distributed.shutdown()

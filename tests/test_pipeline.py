@@ -1,12 +1,21 @@
 """End to end: the real `dvc repro` on a tiny params profile, in a temporary copy of the repo."""
 
+import hashlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from pipeline_utils import REPO, copy_repo, run
+from pipeline_utils import REPO, copy_repo, env, run
+from slimformer.engines import load_engine
+from slimformer.modeling import load_tokenizer
 
 pytestmark = pytest.mark.e2e
 
@@ -52,4 +61,85 @@ def test_misspelled_key_fails_naming_it(repo: Path):
     # (models) and in git (metrics files, cache: false).
     run(["dvc", "checkout"], repo)
     assert (repo / "artifacts/models/teacher/model.safetensors").is_file()
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+
+
+def _check_and_run(engine: Path) -> None:
+    """What the README asks of a downloaded engine: every sha256 matches, then it serves a sentence."""
+    manifest = json.loads((engine / "manifest.json").read_text())
+    assert manifest["files"] and manifest["status"] == "ok"
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((engine / name).read_bytes()).hexdigest() == digest, name
+    runner, tok = load_engine(engine, num_threads=1), load_tokenizer(engine)
+    enc = tok(["a wonderful, moving film"], return_tensors="np")
+    logits = runner(enc["input_ids"].astype("int64"), enc["attention_mask"].astype("int64"))
+    assert logits.shape == (1, 2) and np.isfinite(logits).all()
+
+
+def test_push_clone_and_download_the_best_engine(repo: Path, tmp_path: Path):
+    # The default remote, pointed at a temporary directory instead of ~/.cache, and committed:
+    # `dvc get` reads the remote from the repository it downloads from.
+    run(["dvc", "remote", "modify", "local", "url", str(tmp_path / "remote")], repo)
+    run(["git", "commit", "-qam", "remote for this test"], repo)
+    run(["dvc", "push"], repo)
+    # A version and a stage for the dvc.yaml artifact `best-engine`, as GTO git tags (README).
+    run(["gto", "register", "best-engine", "--version", "v0.1.0"], repo)
+    run(["gto", "assign", "best-engine", "--version", "v0.1.0", "--stage", "prod"], repo)
+    clone = tmp_path / "clone"  # a fresh clone has no DVC cache: everything below comes from the remote
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+
+    run(["dvc", "get", str(clone), "artifacts/engines/best", "-o", str(tmp_path / "best")], tmp_path)
+    _check_and_run(tmp_path / "best")
+    run(["dvc", "artifacts", "get", str(clone), "best-engine", "--rev", "v0.1.0", "-o", str(tmp_path / "v010")], tmp_path)
+    _check_and_run(tmp_path / "v010")
+    run(["dvc", "artifacts", "get", str(clone), "best-engine", "--stage", "prod", "-o", str(tmp_path / "prod")], tmp_path)
+    _check_and_run(tmp_path / "prod")
+
+
+def _completed_epoch(ckpt: Path) -> int:
+    try:
+        return json.loads((ckpt / "state.json").read_text())["epoch"]
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_dvc_repro_killed_mid_stage_then_rerun(repo: Path, tmp_path: Path, sig):
+    """Ctrl-C (SIGINT to the whole process group) or SIGKILL during train_teacher, then `dvc repro`:
+    the previous model stays in the DVC cache and the rerun resumes from the last completed epoch."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["teacher"]["train"]["epochs"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ckpt = repo / "artifacts/checkpoints/teacher"
+    shutil.move(ckpt, tmp_path / "ckpt")  # no earlier checkpoint to resume from (put back at the end)
+    e = env() | {"PYTHONPATH": str(repo / "src")}
+    log = tmp_path / "repro.log"
+    try:
+        with log.open("w") as f:  # a file, not a pipe: a full pipe would stall the stage
+            proc = subprocess.Popen(["dvc", "repro", "train_teacher"], cwd=repo, env=e, stdout=f,
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while _completed_epoch(ckpt) < 1 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "train_teacher finished before it could be interrupted"
+        os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does; SIGKILL: an OOM killer or a lost node
+        proc.wait(timeout=120)
+        out = log.read_text()
+        killed_at = _completed_epoch(ckpt)
+        assert 1 <= killed_at < 3
+        assert proc.returncode != 0
+        if sig == signal.SIGINT:
+            assert "interrupted; previous outputs are untouched" in out
+        assert not (repo / "artifacts/models/teacher").exists()  # DVC cleared the out; nothing half-written
+
+        again = run(["dvc", "repro", "train_teacher"], repo)
+        assert f"resuming after completed epoch {killed_at}" in again.stdout + again.stderr
+        assert json.loads((repo / "artifacts/metrics/teacher.json").read_text())["resumed_from_epoch"] == killed_at
+        assert (repo / "artifacts/models/teacher/model.safetensors").is_file()
+        assert not [p for p in (repo / "artifacts").rglob("*") if p.name.endswith(".tmp")]
+    finally:
+        run(["git", "reset", "-q", "--hard"], repo)  # autostage put the new dvc.lock in the index
+        shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.move(tmp_path / "ckpt", ckpt)
+    run(["dvc", "checkout", "--force"], repo)  # the committed run's outs come back from the cache intact
     assert "up to date" in run(["dvc", "status"], repo).stdout

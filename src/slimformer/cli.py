@@ -30,6 +30,34 @@ def stage_main(fn: Callable[[argparse.Namespace], None], parser: argparse.Argume
     return main
 
 
+class EpochCurves:
+    """Per-epoch training curves through dvclive, for ``fit(on_epoch=...)``.
+
+    dvclive only writes the curves: ``dvc.yaml`` declares them as plots and experiments are
+    DVC's job, so ``Live`` gets ``dvcyaml=None, save_dvc_exp=False``. The first logged epoch
+    decides whether the curves start fresh (epoch 1) or continue a resumed run.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.live = None
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.live is None:
+            from dvclive import Live  # noqa: PLC0415 - only training stages need it
+
+            self.live = Live(self.directory, resume=epoch > 1, dvcyaml=None, save_dvc_exp=False)
+        self.live.step = epoch
+        for k, v in metrics.items():
+            if k != "epoch":
+                self.live.log_metric(k, v)
+        self.live.next_step()
+
+    def end(self) -> None:
+        if self.live is not None:
+            self.live.end()
+
+
 def torch_threads(n: int) -> None:
     import torch
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import math
 import statistics
 import time
 import zipfile
@@ -42,7 +41,7 @@ from slimformer.distill import (
 from slimformer.errors import CheckpointError, ConfigError
 from slimformer.io import sha256_file, write_json
 from slimformer.modeling import count_parameters, load_classifier, load_tokenizer, save_model
-from slimformer.training import Batch, Encoded, batch_order, collate, evaluate, progress, run_fingerprint, world
+from slimformer.training import Batch, Encoded, batch_order, collate, epoch_steps, evaluate, progress, run_fingerprint, world
 
 # ------------------------------------------------------------------------------ importance
 
@@ -634,7 +633,7 @@ def prune_dynamic(
     splits = encode_splits(tokenizer, data_dir, t.max_length)
     before = model_metrics(model, splits, logits, pad, t.eval_batch_size, t.max_length)
 
-    end = schedule_end(cfg, math.ceil(len(splits["train"]) / t.batch_size) // world()[1])
+    end = schedule_end(cfg, epoch_steps(len(splits["train"]), t.batch_size))
     weights = prunable_weights(model, cfg.prune_embeddings, cfg.prune_classifier)
     pruner = MagnitudePruner(
         weights, cfg.initial_sparsity, cfg.final_sparsity, cfg.begin_step, end, cfg.frequency, cfg.ranking

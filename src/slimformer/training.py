@@ -194,6 +194,14 @@ class FitResult:
     resumed_from_epoch: int
 
 
+def epoch_steps(rows: int, batch_size: int) -> int:
+    """Optimizer steps per epoch. ``batch_size`` is the global batch: under DDP each rank takes
+    1/world of every batch and DDP averages the gradients, so the optimisation matches a single
+    process (there the last, partial batch is dropped, so that every rank has rows)."""
+    size = world()[1]
+    return math.ceil(rows / batch_size) if size == 1 else rows // batch_size
+
+
 def fit(
     model: nn.Module,
     train: Encoded,
@@ -214,13 +222,13 @@ def fit(
     each epoch (dvclive logging). ``on_step(step)`` runs on every rank after each optimizer
     step with the 1-based global step (gradual pruning re-applies its masks there). Under
     torch.distributed the model is wrapped in DistributedDataParallel and each rank trains
-    on its own share of every epoch's batches.
+    on its share of every (global) batch.
     """
     set_seed(cfg.seed)
     rank, size = world()
     ckpt_dir = Path(ckpt_dir)
     lengths = [len(x) for x in train.input_ids]
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size) // size
+    steps_per_epoch = epoch_steps(len(train), cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not _no_decay(n)]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and _no_decay(n)]
@@ -249,7 +257,7 @@ def fit(
         t0 = time.perf_counter()
         net.train()
         order = batch_order(lengths, cfg.batch_size, True, cfg.seed * 1000 + epoch, cfg.group_by_length)
-        order = order[rank : steps_per_epoch * size : size]
+        order = [idx[rank::size] for idx in order[:steps_per_epoch]]
         running, seen = 0.0, 0
         bar = progress(order, desc=f"{desc} epoch {epoch}/{cfg.epochs}", unit="step", disable=rank != 0)
         for i, idx in enumerate(bar):
