@@ -89,3 +89,28 @@ def test_interrupted_fit_resumes_to_the_same_weights(tmp_path: Path, tiny_bert_d
     # A different fingerprint (other params or data) must not resume a foreign run.
     other = load_classifier(tiny_bert_dir)
     assert fit(other, train, val, cfg, tok.pad_token_id, tmp_path / "b", "other").resumed_from_epoch == 0
+
+
+def test_finetune_from_a_headless_checkpoint_repeats_exactly(tmp_path: Path, tiny_bert_dir, tiny_rows):
+    """Like MiniLM, a checkpoint without a classification head: the new head is seeded, so a rerun
+    from scratch with the same seed reproduces the weights and the accuracy exactly (on CPU)."""
+    from safetensors.torch import load_file
+    from transformers import BertModel
+
+    from conftest import write_jsonl
+    from slimformer.config import DataConfig, TeacherConfig
+    from slimformer.data import prepare
+    from slimformer.teacher import finetune
+
+    headless = tmp_path / "headless"
+    BertModel.from_pretrained(tiny_bert_dir).save_pretrained(headless, safe_serialization=True)
+    load_tokenizer(tiny_bert_dir).save_pretrained(headless)
+    data = tmp_path / "data"
+    prepare(DataConfig(source=str(write_jsonl(tmp_path / "rows.jsonl", tiny_rows)), min_rows_per_class=5), data)
+    cfg = TeacherConfig.from_dict({"checkpoint": str(headless), "train": {"epochs": 1, "batch_size": 8, "max_length": 32, "num_threads": 1}})
+    runs = [finetune(cfg, data, tmp_path / f"out{i}", tmp_path / f"ckpt{i}") for i in range(2)]
+    assert runs[0]["test_accuracy"] == runs[1]["test_accuracy"] and runs[0]["val_accuracy"] == runs[1]["val_accuracy"]
+    a, b = (load_file(tmp_path / f"out{i}" / "model.safetensors") for i in range(2))
+    assert a.keys() == b.keys() and "classifier.weight" in a
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)

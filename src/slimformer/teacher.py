@@ -12,6 +12,7 @@ from slimformer.config import TeacherConfig
 from slimformer.data import load_labels, load_split
 from slimformer.io import sha256_file
 from slimformer.modeling import count_parameters, load_classifier, load_tokenizer, resolve_checkpoint, save_model
+from slimformer.seed import set_seed
 from slimformer.training import classification_metrics, encode, fit, predict_logits, run_fingerprint, world
 
 
@@ -30,8 +31,9 @@ def finetune(
     labels = load_labels(data_dir)
     src = resolve_checkpoint(cfg.checkpoint)
     tokenizer = load_tokenizer(src)
-    model = load_classifier(src, labels)
     t = cfg.train
+    set_seed(t.seed)  # the new classification head is initialised here: seeded, so reruns repeat
+    model = load_classifier(src, labels)
     splits = {s: encode(tokenizer, load_split(data_dir / f"{s}.jsonl"), t.max_length) for s in ("train", "val", "test")}
     fingerprint = run_fingerprint(t, cfg.checkpoint, sha256_file(data_dir / "train.jsonl"), world()[1])
     result = fit(
