@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import REPO, write_jsonl
@@ -38,27 +37,36 @@ def _epoch(out: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_killed_stage_resumes_from_last_epoch(tmp_path: Path, tiny_bert_dir, tiny_rows, sig):
-    cmd, out = _stage(tmp_path, tiny_bert_dir, tiny_rows)
+def _run_until_epoch(cmd: list[str], out: Path, epoch: int, sig: signal.Signals) -> tuple[int, str]:
+    """Start the stage and hit it with ``sig`` once ``epoch`` epochs are checkpointed."""
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while _epoch(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+    while _epoch(out) < epoch and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, "stage finished before it could be interrupted"
+    assert proc.poll() is None, f"stage finished or failed before epoch {epoch}"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    killed_at = _epoch(out)
-    assert 1 <= killed_at < 3
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "interrupted; previous outputs are untouched" in err
     else:
         assert proc.returncode == -signal.SIGKILL
     assert not (out / "model").exists() and not (out / "metrics.json").exists()  # nothing half-written
+    return _epoch(out), err
+
+
+def test_killed_stage_resumes_from_last_epoch(tmp_path: Path, tiny_bert_dir, tiny_rows):
+    """SIGINT after epoch 1, rerun and SIGKILL it after epoch 2, rerun to the end: every rerun
+    resumes from the last completed epoch and nothing half-written is ever left behind."""
+    cmd, out = _stage(tmp_path, tiny_bert_dir, tiny_rows)
+    first, _ = _run_until_epoch(cmd, out, 1, signal.SIGINT)
+    assert 1 <= first < 3
+    second, err = _run_until_epoch(cmd, out, first + 1, signal.SIGKILL)
+    assert f"resuming after completed epoch {first}" in err
+    assert first < second < 3
 
     again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"resuming after completed epoch {killed_at}" in again.stderr
-    assert json.loads((out / "metrics.json").read_text())["resumed_from_epoch"] == killed_at
+    assert f"resuming after completed epoch {second}" in again.stderr
+    assert json.loads((out / "metrics.json").read_text())["resumed_from_epoch"] == second
     assert (out / "model" / "model.safetensors").is_file()
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]

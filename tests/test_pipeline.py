@@ -103,38 +103,45 @@ def _completed_epoch(ckpt: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_dvc_repro_killed_mid_stage_then_rerun(repo: Path, tmp_path: Path, sig):
-    """Ctrl-C (SIGINT to the whole process group) or SIGKILL during train_teacher, then `dvc repro`:
-    the previous model stays in the DVC cache and the rerun resumes from the last completed epoch."""
+def _repro_until_epoch(repo: Path, ckpt: Path, log: Path, epoch: int, sig: signal.Signals) -> tuple[int, str]:
+    """`dvc repro train_teacher`, hit with ``sig`` once ``epoch`` epochs are checkpointed."""
+    e = env() | {"PYTHONPATH": str(repo / "src")}
+    with log.open("w") as f:  # a file, not a pipe: a full pipe would stall the stage
+        proc = subprocess.Popen(["dvc", "repro", "train_teacher"], cwd=repo, env=e, stdout=f,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while _completed_epoch(ckpt) < epoch and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"train_teacher finished or failed before epoch {epoch}:\n{log.read_text()[-2000:]}"
+    os.killpg(proc.pid, sig)  # SIGINT: what Ctrl-C in a terminal does; SIGKILL: an OOM killer or a lost node
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    return _completed_epoch(ckpt), log.read_text()
+
+
+def test_dvc_repro_killed_mid_stage_then_rerun(repo: Path, tmp_path: Path):
+    """Ctrl-C (SIGINT to the whole process group) during train_teacher, `dvc repro` again and SIGKILL
+    it, then `dvc repro` once more: each rerun resumes from the last completed epoch, nothing
+    half-written appears, and the committed run's outs come back intact from the DVC cache."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["teacher"]["train"]["epochs"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ckpt = repo / "artifacts/checkpoints/teacher"
     shutil.move(ckpt, tmp_path / "ckpt")  # no earlier checkpoint to resume from (put back at the end)
-    e = env() | {"PYTHONPATH": str(repo / "src")}
-    log = tmp_path / "repro.log"
     try:
-        with log.open("w") as f:  # a file, not a pipe: a full pipe would stall the stage
-            proc = subprocess.Popen(["dvc", "repro", "train_teacher"], cwd=repo, env=e, stdout=f,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 300
-        while _completed_epoch(ckpt) < 1 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "train_teacher finished before it could be interrupted"
-        os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does; SIGKILL: an OOM killer or a lost node
-        proc.wait(timeout=120)
-        out = log.read_text()
-        killed_at = _completed_epoch(ckpt)
-        assert 1 <= killed_at < 3
-        assert proc.returncode != 0
-        if sig == signal.SIGINT:
-            assert "interrupted; previous outputs are untouched" in out
+        first, out = _repro_until_epoch(repo, ckpt, tmp_path / "sigint.log", 1, signal.SIGINT)
+        assert 1 <= first < 3
+        assert "interrupted; previous outputs are untouched" in out
         assert not (repo / "artifacts/models/teacher").exists()  # DVC cleared the out; nothing half-written
 
+        second, out = _repro_until_epoch(repo, ckpt, tmp_path / "sigkill.log", first + 1, signal.SIGKILL)
+        assert f"resuming after completed epoch {first}" in out
+        assert first < second < 3
+        assert not (repo / "artifacts/models/teacher").exists()
+
         again = run(["dvc", "repro", "train_teacher"], repo)
-        assert f"resuming after completed epoch {killed_at}" in again.stdout + again.stderr
-        assert json.loads((repo / "artifacts/metrics/teacher.json").read_text())["resumed_from_epoch"] == killed_at
+        assert f"resuming after completed epoch {second}" in again.stdout + again.stderr
+        assert json.loads((repo / "artifacts/metrics/teacher.json").read_text())["resumed_from_epoch"] == second
         assert (repo / "artifacts/models/teacher/model.safetensors").is_file()
         assert not [p for p in (repo / "artifacts").rglob("*") if p.name.endswith(".tmp")]
     finally:

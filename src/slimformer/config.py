@@ -451,7 +451,7 @@ class BenchmarkConfig(Section):
     batch1_samples: int = 200  # test sentences timed one at a time, every round
     large_batch: int = 32  # the second batch size timed
     large_batches: int = 8  # batches of large_batch random test sentences, every round
-    repeats: int = 5  # each timed sentence and batch runs this many times per variant in total
+    repeats: int = 3  # each timed sentence and batch runs this many times per variant in total
     rounds: int = 20  # those calls spread over this many interleaved rounds (every variant in each, order rotated)
     warmup: int = 10  # untimed calls per variant before the rounds (large batches: a quarter, at least 1)
     eval_batch_size: int = 64  # accuracy pass over the full test split
