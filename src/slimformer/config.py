@@ -456,7 +456,7 @@ class BenchmarkConfig(Section):
     warmup: int = 10  # untimed calls per variant before the rounds (large batches: a quarter, at least 1)
     eval_batch_size: int = 64  # accuracy pass over the full test split
     peak_rss: bool = True  # peak resident memory of each variant, in a fresh child process
-    zip_level: int = 9  # DEFLATE level of the zip-compressed size
+    zip_level: int = 6  # DEFLATE level of the zip-compressed size
     onestep: Literal["optimum", "onnxruntime", "none"] = "optimum"  # how the one-step int8 baseline is built
     seed: int = 0  # which test sentences are timed, and the order of each round
 
