@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -63,3 +65,21 @@ def run(cmd: list[str], cwd: Path, check: bool = True, extra_env: dict | None = 
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def completed_epoch(ckpt_dir: Path) -> int:
+    """The last epoch a training stage checkpointed in ``ckpt_dir`` (0: none yet)."""
+    try:
+        return json.loads((ckpt_dir / "state.json").read_text())["epoch"]
+    except (OSError, ValueError):
+        return 0
+
+
+def wait_for_epoch(proc: subprocess.Popen, ckpt_dir: Path, epoch: int, timeout: float = 300, log: Path | None = None) -> None:
+    """Block until ``epoch`` epochs are checkpointed, asserting ``proc`` is still running then
+    (the tail of ``log``, if given, goes into the failure message)."""
+    deadline = time.monotonic() + timeout
+    while completed_epoch(ckpt_dir) < epoch and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tail = log.read_text()[-2000:] if log else ""
+    assert proc.poll() is None, f"the stage finished or failed before epoch {epoch} was checkpointed\n{tail}"

@@ -4,13 +4,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 from conftest import REPO, write_jsonl
-from pipeline_utils import env
+from pipeline_utils import completed_epoch, env, wait_for_epoch
 from slimformer.config import DataConfig
 from slimformer.data import prepare
 
@@ -30,20 +29,10 @@ def _stage(tmp_path: Path, tiny_bert_dir: Path, tiny_rows) -> tuple[list[str], P
     return cmd, out
 
 
-def _epoch(out: Path) -> int:
-    try:
-        return json.loads((out / "ckpt" / "state.json").read_text())["epoch"]
-    except (OSError, ValueError):
-        return 0
-
-
 def _run_until_epoch(cmd: list[str], out: Path, epoch: int, sig: signal.Signals) -> tuple[int, str]:
     """Start the stage and hit it with ``sig`` once ``epoch`` epochs are checkpointed."""
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while _epoch(out) < epoch and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, f"stage finished or failed before epoch {epoch}"
+    wait_for_epoch(proc, out / "ckpt", epoch, timeout=120)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
@@ -51,7 +40,7 @@ def _run_until_epoch(cmd: list[str], out: Path, epoch: int, sig: signal.Signals)
     else:
         assert proc.returncode == -signal.SIGKILL
     assert not (out / "model").exists() and not (out / "metrics.json").exists()  # nothing half-written
-    return _epoch(out), err
+    return completed_epoch(out / "ckpt"), err
 
 
 def test_killed_stage_resumes_from_last_epoch(tmp_path: Path, tiny_bert_dir, tiny_rows):

@@ -6,14 +6,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from pipeline_utils import REPO, copy_repo, env, run
+from pipeline_utils import REPO, completed_epoch, copy_repo, env, run, wait_for_epoch
 from slimformer.engines import load_engine
 from slimformer.modeling import load_tokenizer
 
@@ -96,27 +95,17 @@ def test_push_clone_and_download_the_best_engine(repo: Path, tmp_path: Path):
     _check_and_run(tmp_path / "prod")
 
 
-def _completed_epoch(ckpt: Path) -> int:
-    try:
-        return json.loads((ckpt / "state.json").read_text())["epoch"]
-    except (OSError, ValueError):
-        return 0
-
-
 def _repro_until_epoch(repo: Path, ckpt: Path, log: Path, epoch: int, sig: signal.Signals) -> tuple[int, str]:
     """`dvc repro train_teacher`, hit with ``sig`` once ``epoch`` epochs are checkpointed."""
     e = env() | {"PYTHONPATH": str(repo / "src")}
     with log.open("w") as f:  # a file, not a pipe: a full pipe would stall the stage
         proc = subprocess.Popen(["dvc", "repro", "train_teacher"], cwd=repo, env=e, stdout=f,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while _completed_epoch(ckpt) < epoch and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, f"train_teacher finished or failed before epoch {epoch}:\n{log.read_text()[-2000:]}"
+    wait_for_epoch(proc, ckpt, epoch, log=log)
     os.killpg(proc.pid, sig)  # SIGINT: what Ctrl-C in a terminal does; SIGKILL: an OOM killer or a lost node
     proc.wait(timeout=120)
     assert proc.returncode != 0
-    return _completed_epoch(ckpt), log.read_text()
+    return completed_epoch(ckpt), log.read_text()
 
 
 def test_dvc_repro_killed_mid_stage_then_rerun(repo: Path, tmp_path: Path):
