@@ -1,4 +1,4 @@
-"""DVC stage: run the teacher once over every split and cache its logits (params: distill.train.max_length)."""
+"""DVC stage: run the teacher once over every split and cache its logits (params: distill.train.max_length, distill.augment)."""
 
 import argparse
 
@@ -18,7 +18,9 @@ parser.add_argument("--metrics", required=True, help="metrics JSON to write")
 def run(args: argparse.Namespace) -> None:
     cfg = load_section("distill", args.params)
     torch_threads(cfg.train.num_threads)
-    report = cache_teacher_logits(args.teacher, args.data, cfg.train.max_length, cfg.train.eval_batch_size, args.out)
+    report = cache_teacher_logits(
+        args.teacher, args.data, cfg.train.max_length, cfg.train.eval_batch_size, args.out, cfg.augment
+    )
     write_json(args.metrics, report)
     print(
         f"teacher_logits: {report['rows']} rows in {report['seconds']} s, "

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from slimformer.adapters import adapter_for
-from slimformer.config import DistillConfig, TrainConfig
+from slimformer.config import AugmentConfig, DistillConfig, TrainConfig
 from slimformer.distill import (
-    KDLoss, build_student, cache_teacher_logits, corpus_token_ids, distill, hidden_mse, kd_loss,
+    KDLoss, augment_texts, build_student, cache_teacher_logits, corpus_token_ids, distill, hidden_mse, kd_loss,
     load_teacher_logits, macs_per_sequence, remap_table, resolve_init_layers, trim_embeddings,
     trimmed_tokenizer, verify_trimmed,
 )  # fmt: skip
@@ -111,6 +112,17 @@ def test_kd_loss_matches_hand_computed_reference():
     assert float(kd_loss(torch.tensor(t), torch.tensor(t), torch.tensor(y), 1.0, temp)) == pytest.approx(0, abs=1e-12)
 
 
+def test_kd_loss_takes_no_hard_label_from_unlabelled_rows():
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 2), torch.randn(4, 2)
+    y = torch.tensor([1, -1, 0, -1])  # rows 1 and 3: teacher-labelled augmentations
+    kl = kd_loss(s, t, y, 1.0, 2.0)  # the soft term covers every row
+    ce_labelled = F.cross_entropy(s[[0, 2]], y[[0, 2]])
+    assert float(kd_loss(s, t, y, 0.4, 2.0)) == pytest.approx(float(0.6 * ce_labelled + kl * 0.4), rel=1e-6)
+    only_unlabelled = torch.tensor([-1, -1, -1, -1])
+    assert float(kd_loss(s, t, only_unlabelled, 0.4, 2.0)) == pytest.approx(float(kl * 0.4), rel=1e-6)
+
+
 def test_hidden_mse_ignores_padding():
     a = torch.zeros(2, 3, 4)
     b = torch.zeros(2, 3, 4)
@@ -136,7 +148,7 @@ def test_kd_loss_fn_looks_up_cached_logits_by_index():
 
 def test_student_copies_the_named_teacher_layers(tokenizer):
     teacher = tiny_teacher(len(tokenizer), layers=4)
-    cfg = DistillConfig(depth_multiplier=0.5, init_layers=(3, 1), trim_vocab=False)
+    cfg = DistillConfig(depth_multiplier=0.5, init_layers=(3, 1), ffn_multiplier=1.0, trim_vocab=False)
     student, layer_map = build_student(teacher, cfg)
     assert layer_map == (3, 1)
     assert student.config.num_hidden_layers == 2
@@ -150,9 +162,31 @@ def test_student_copies_the_named_teacher_layers(tokenizer):
     assert count_parameters(student)["non_embedding"] < count_parameters(teacher)["non_embedding"]
 
 
+def test_ffn_multiplier_keeps_the_teachers_strongest_neurons(tokenizer, tmp_path):
+    teacher = tiny_teacher(len(tokenizer), layers=4)
+    cfg = DistillConfig(depth_multiplier=0.5, init_layers=(3, 1), ffn_multiplier=0.25, trim_vocab=False)
+    student, layer_map = build_student(teacher, cfg)
+    assert student.config.intermediate_size == 16  # 64 x 0.25
+    t_layers, s_layers = adapter_for(teacher).layers(teacher), adapter_for(student).layers(student)
+    for i, j in enumerate(layer_map):
+        t, s = t_layers[j], s_layers[i]
+        score = t.ffn_in.weight.norm(dim=1) * t.ffn_out.weight.norm(dim=0)
+        keep = score.topk(16).indices.sort().values
+        assert torch.equal(s.ffn_in.weight, t.ffn_in.weight[keep]) and torch.equal(s.ffn_in.bias, t.ffn_in.bias[keep])
+        assert torch.equal(s.ffn_out.weight, t.ffn_out.weight[:, keep]) and torch.equal(s.ffn_out.bias, t.ffn_out.bias)
+        assert torch.equal(s.query.weight, t.query.weight)
+    student.save_pretrained(tmp_path / "s", safe_serialization=True)
+    reloaded = load_classifier(tmp_path / "s", need_tokenizer=False)
+    ids = torch.tensor([[101, 2000, 2023, 102]])
+    assert torch.allclose(reloaded(input_ids=ids).logits, student.eval()(input_ids=ids).logits)
+    narrow_cfg = DistillConfig(depth_multiplier=0.5, width_multiplier=0.5, ffn_multiplier=0.5, init_layers=())
+    narrow = build_student(teacher, narrow_cfg)[0]
+    assert narrow.config.intermediate_size == 16  # random init: 64 x 0.5 x 0.5
+
+
 def test_narrow_student_is_scaled_and_randomly_initialised(tokenizer):
     teacher = tiny_teacher(len(tokenizer), layers=4)
-    cfg = DistillConfig(depth_multiplier=0.5, width_multiplier=0.5, init_layers=())
+    cfg = DistillConfig(depth_multiplier=0.5, width_multiplier=0.5, init_layers=(), ffn_multiplier=1.0)
     student, layer_map = build_student(teacher, cfg)
     assert layer_map is None
     c = student.config
@@ -178,6 +212,7 @@ def test_init_layers_default_is_evenly_spaced_and_bad_ones_are_named():
         ({"temperature": 0}, "distill.temperature"),
         ({"depth_multiplier": 0}, "distill.depth_multiplier"),
         ({"width_multiplier": 1.2}, "distill.width_multiplier"),
+        ({"ffn_multiplier": 0}, "distill.ffn_multiplier"),
         ({"width_multiplier": 0.5, "hidden_weight": 1.0}, "distill.hidden_weight"),
         ({"init_layers": [1, 1]}, "distill.init_layers"),
         ({"trim_vocb": True}, "distill.trim_vocb"),
@@ -187,6 +222,38 @@ def test_init_layers_default_is_evenly_spaced_and_bad_ones_are_named():
 def test_bad_distill_settings_name_the_key(raw, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         DistillConfig.from_dict(raw, prefix="distill")
+
+
+def test_augmentation_masks_cuts_and_repeats_exactly():
+    texts = [f"word{i} " * 12 for i in range(50)]
+    cfg = AugmentConfig(copies=2, mask_prob=0.2, ngram_prob=0.5, ngram_max=3, seed=1)
+    out = augment_texts(texts, cfg, "[MASK]")
+    assert out == augment_texts(texts, cfg, "[MASK]")  # deterministic in the seed
+    assert out != augment_texts(texts, AugmentConfig(copies=2, mask_prob=0.2, ngram_prob=0.5, ngram_max=3), "[MASK]")
+    assert 50 < len(out) <= 100 and not set(out) & {t.strip() for t in texts}
+    cut = [t for t in out if len(t.split()) <= 3]
+    assert 20 < len(cut) < 80  # about half the copies are cut to 1..3 words
+    words = [w for t in out for w in t.split()]
+    assert 0.1 < words.count("[MASK]") / len(words) < 0.3
+    assert all(any(w != "[MASK]" for w in t.split()) for t in out)
+    assert augment_texts(texts, AugmentConfig(copies=0), "[MASK]") == []
+    masked_only = augment_texts(texts, AugmentConfig(copies=1, mask_prob=0.5, ngram_prob=0), "[MASK]")
+    assert all(len(t.split()) == 12 for t in masked_only)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"copies": -1}, "distill.augment.copies"),
+        ({"mask_prob": 1.0}, "distill.augment.mask_prob"),
+        ({"copies": 1, "mask_prob": 0, "ngram_prob": 0}, "distill.augment.copies"),
+        ({"ngram_max": 0}, "distill.augment.ngram_max"),
+        ({"copy": 1}, "distill.augment.copy"),
+    ],
+)
+def test_bad_augment_settings_name_the_key(raw, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        DistillConfig.from_dict({"augment": raw}, prefix="distill")
 
 
 def test_distill_config_round_trips():
@@ -251,6 +318,22 @@ def test_macs_per_sequence_matches_the_formula():
     seq, h, inter, heads, hs = 10, 32, 64, 4, 8
     per_layer = seq * (4 * h * h + 2 * h * inter) + 2 * heads * seq * seq * hs
     assert macs_per_sequence(model, seq) == 2 * per_layer + h * h + h * 2
+
+
+def test_augmented_logits_are_cached_and_must_match_the_settings(tokenizer, tmp_path):
+    data, teacher_dir = write_data(tmp_path), save_teacher(tmp_path, tokenizer)
+    aug = AugmentConfig(copies=2, mask_prob=0.2)
+    path = tmp_path / "logits.safetensors"
+    report = cache_teacher_logits(teacher_dir, data, 32, 16, path, aug)
+    n = report["rows"]["augmented"]
+    assert 96 < n <= 192
+    cfg = DistillConfig(depth_multiplier=0.5, init_layers=(0, 3), augment=aug, train=quick_train(max_length=32))
+    m = distill(cfg, teacher_dir, data, path, tmp_path / "student", tmp_path / "ckpt")
+    assert m["augment"] == {"copies": 2, "rows": n, "train_rows": 96 + n}
+    other = DistillConfig(depth_multiplier=0.5, init_layers=(0, 3), augment=AugmentConfig(copies=1), train=cfg.train)
+    with pytest.raises(ConfigError, match=r"distill\.augment: got .*rerun the teacher_logits stage"):
+        distill(other, teacher_dir, data, path, tmp_path / "student2", tmp_path / "ckpt2")
+    assert not (tmp_path / "student2").exists()
 
 
 def test_distill_end_to_end_writes_a_loadable_trimmed_student(tokenizer, tmp_path):

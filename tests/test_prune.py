@@ -261,7 +261,9 @@ def test_three_stages_run_end_to_end(tmp_path, monkeypatch):
     (data / "card.json").write_text(json.dumps({"labels": ["rotten", "fresh"]}), encoding="utf-8")
     train = {"epochs": 1, "batch_size": 16, "eval_batch_size": 32, "max_length": 32, "num_threads": 1}
     params = {
-        "distill": DistillConfig.from_dict({"init_layers": [0, 3], "depth_multiplier": 0.5, "train": train}).to_dict(),
+        "distill": DistillConfig.from_dict(
+            {"init_layers": [0, 3], "depth_multiplier": 0.5, "ffn_multiplier": 1.0, "train": train}
+        ).to_dict(),
         "prune_structured": {"heads_fraction": 0.25, "neurons_fraction": 0.25, "latency_rounds": 2, "train": train},
         "prune_dynamic": {"final_sparsity": 0.5, "frequency": 1, "train": train},
     }
@@ -294,6 +296,11 @@ def test_three_stages_run_end_to_end(tmp_path, monkeypatch):
     assert d["params"]["non_embedding"] < d["teacher_params"]["non_embedding"] and d["vocab"]["trimmed"]
     assert p_["removed"]["heads"] == 2 and p_["removed"]["neurons"] == 2 * 16
     assert p_["after"]["params"]["total"] < p_["before"]["params"]["total"] and p_["reload_max_abs_diff"] == 0
+    if p_["recovery_kept"]:  # recovery is kept only if it does not lower validation accuracy
+        assert p_["after"]["val_accuracy"] >= p_["val_accuracy_before_recovery"]
+    else:
+        assert p_["after"]["val_accuracy"] == p_["val_accuracy_before_recovery"]
+        assert p_["after"]["test_accuracy"] == p_["test_accuracy_before_recovery"]
     assert {e["kind"] for e in plan["entries"]} == {"heads", "neurons"}
     assert abs(s["sparsity"]["overall"] - 0.5) < 0.01 and "latency" in s["note"]
     assert s["size_after"]["zip_bytes"] < s["size_before"]["zip_bytes"]

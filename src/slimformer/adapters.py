@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
+from transformers.pytorch_utils import prune_linear_layer
 
 from slimformer.errors import CheckpointError
 
@@ -81,3 +83,15 @@ def adapter_for(model: PreTrainedModel | PretrainedConfig) -> Adapter:
             "(add one in slimformer/adapters.py)"
         )
     return ADAPTERS[kind]
+
+
+def shrink_linear(lin: nn.Linear, keep: torch.Tensor, dim: int) -> None:
+    """Keep output rows (``dim=0``) or input columns (``dim=1``) ``keep`` of ``lin``, in place."""
+    new = prune_linear_layer(lin, keep, dim=dim)
+    lin.weight, lin.bias = new.weight, new.bias
+    lin.in_features, lin.out_features = new.in_features, new.out_features
+
+
+def ffn_magnitudes(layer: LayerModules) -> torch.Tensor:
+    """``||W_in[n, :]|| * ||W_out[:, n]||`` per FFN neuron ``(intermediate,)``."""
+    return layer.ffn_in.weight.detach().norm(dim=1) * layer.ffn_out.weight.detach().norm(dim=0)

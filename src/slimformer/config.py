@@ -204,21 +204,51 @@ def _check_kd(alpha: float, temperature: float) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentConfig(Section):
+    """``distill.augment``: perturbed copies of the training sentences, labelled by the teacher.
+
+    Tang et al. 2019 ("Distilling task-specific knowledge from BERT into simple neural
+    networks"): each word of a copy becomes ``[MASK]`` with ``mask_prob``; then, with
+    ``ngram_prob``, the copy is cut to a random run of 1..``ngram_max`` words. The student
+    learns the teacher's soft labels on them (no hard-label loss: they have no label).
+    """
+
+    copies: int = 0  # perturbed copies per training sentence; 0 = off
+    mask_prob: float = 0.1
+    ngram_prob: float = 0.25
+    ngram_max: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(0 <= self.copies <= 20, "copies", "an integer in [0, 20]", self.copies)
+        check(0 <= self.mask_prob < 1, "mask_prob", "a number in [0, 1)", self.mask_prob)
+        check(0 <= self.ngram_prob <= 1, "ngram_prob", "a number in [0, 1]", self.ngram_prob)
+        check(self.ngram_max >= 1, "ngram_max", "an integer >= 1", self.ngram_max)
+        check(
+            self.copies == 0 or self.mask_prob > 0 or self.ngram_prob > 0, "copies",
+            "0 unless mask_prob or ngram_prob is > 0 (unperturbed copies add nothing)", self.copies,
+        )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
 class DistillConfig(Section):
     """``distill``: a compound-scaled student trained on the cached teacher logits (Hinton KD)."""
 
-    depth_multiplier: float = 0.33  # student layers = round(teacher layers x this), at least 1
+    depth_multiplier: float = 0.5  # student layers = round(teacher layers x this), at least 1
     width_multiplier: float = 1.0  # heads and FFN width scale by this; below 1 the student starts random
-    init_layers: tuple[int, ...] = (0, 5)  # teacher layer copied into each student layer; [] = evenly spaced
+    ffn_multiplier: float = 0.52  # FFN neurons kept per layer; copied layers keep the teacher's strongest
+    init_layers: tuple[int, ...] = (0, 3, 5)  # teacher layer copied into each student layer; [] = evenly spaced
     alpha: float = 0.7  # weight of the soft-target KL term; (1 - alpha) weighs label cross-entropy
     temperature: float = 2.0
     hidden_weight: float = 0.0  # > 0 adds hidden-state MSE to the mapped teacher layers (teacher runs live)
     trim_vocab: bool = True  # keep only token ids seen in the training corpus (plus special tokens)
+    augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig(epochs=2, lr=5e-4, warmup_ratio=0.06)
 
     def __post_init__(self) -> None:
         check(0 < self.depth_multiplier <= 1, "depth_multiplier", "a number in (0, 1]", self.depth_multiplier)
         check(0 < self.width_multiplier <= 1, "width_multiplier", "a number in (0, 1]", self.width_multiplier)
+        check(0 < self.ffn_multiplier <= 1, "ffn_multiplier", "a number in (0, 1]", self.ffn_multiplier)
         layers = list(self.init_layers)
         check(all(i >= 0 for i in layers), "init_layers", "teacher layer indices >= 0", layers)
         check(len(set(layers)) == len(layers), "init_layers", "distinct layer indices", layers)
@@ -237,9 +267,9 @@ class PruneStructuredConfig(Section):
 
     head_importance: Literal["gradient", "entropy"] = "gradient"  # Michel et al. 2019, or attention entropy
     neuron_importance: Literal["taylor", "magnitude"] = "taylor"  # |activation x gradient|, or weight norms
-    heads_fraction: float = 0.34  # of all heads, removed (ranked across layers unless heads_scope: per_layer)
+    heads_fraction: float = 0.30  # of all heads, removed (ranked across layers unless heads_scope: per_layer)
     heads_scope: Literal["global", "per_layer"] = "global"
-    neurons_fraction: float = 0.34  # of each layer's FFN neurons (the same count per layer: HF stores one size)
+    neurons_fraction: float = 0.30  # of each layer's FFN neurons (the same count per layer: HF stores one size)
     importance_batches: int = 0  # validation batches used to score heads and neurons; 0 = all
     alpha: float = 0.7
     temperature: float = 2.0

@@ -7,6 +7,9 @@
   out); every KD stage looks them up by ``Batch.indices``.
 * The student is the teacher's config scaled by depth and width multipliers; where widths
   match it starts from named teacher layers, embeddings and head (DistilBERT-style).
+* Augmentation (optional, ``distill.augment``): perturbed copies of the training sentences
+  (words masked, copies cut to n-grams; Tang et al. 2019) are labelled once by the teacher
+  with the other logits; the student matches the teacher on them with the KL term only.
 * Vocabulary trimming: a small student's parameters sit mostly in the embedding matrix, so
   only the token ids the training corpus uses (plus special tokens) are kept and the tokenizer
   is rebuilt with the new ids, checked to tokenize the corpus to exactly the remapped ids.
@@ -15,7 +18,9 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import random
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,8 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModelForSequenceClassification, BertTokenizerFast, PreTrainedModel
 
-from slimformer.adapters import adapter_for
-from slimformer.config import DistillConfig, TrainConfig
+from slimformer.adapters import adapter_for, ffn_magnitudes, shrink_linear
+from slimformer.config import AugmentConfig, DistillConfig, TrainConfig
 from slimformer.data import load_labels, load_split
 from slimformer.errors import CheckpointError, ConfigError, DataError
 from slimformer.io import atomic_file, sha256_file
@@ -53,10 +58,15 @@ def kd_loss(
     """Hinton KD loss. Logits ``(batch, classes)``, labels ``(batch,)``; returns a scalar.
 
     ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))``,
-    the KL averaged over the batch.
+    the KL averaged over the batch. Rows labelled ``-1`` (teacher-labelled augmentations)
+    have no hard label: the cross-entropy averages over the labelled rows only.
     """
     t = temperature
-    ce = F.cross_entropy(student_logits, labels)
+    labelled = labels >= 0
+    if bool(labelled.all()):
+        ce = F.cross_entropy(student_logits, labels)
+    else:
+        ce = F.cross_entropy(student_logits, labels, ignore_index=-1, reduction="sum") / labelled.sum().clamp(min=1)
     kl = F.kl_div(
         F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
         reduction="batchmean", log_target=True,
@@ -104,16 +114,48 @@ class KDLoss:
         return loss
 
 
+# ------------------------------------------------------------------------------ augmentation
+
+
+def augment_texts(texts: Sequence[str], cfg: AugmentConfig, mask_token: str) -> list[str]:
+    """``cfg.copies`` perturbed copies of every text, deterministic in ``cfg.seed``.
+
+    Each word becomes ``mask_token`` with ``cfg.mask_prob``; then, with ``cfg.ngram_prob``,
+    the copy is cut to a random run of 1..``cfg.ngram_max`` words. A copy equal to its
+    source, or with every word masked, carries nothing new and is left out.
+    """
+    rng = random.Random(cfg.seed)
+    out = []
+    for _ in range(cfg.copies):
+        for text in texts:
+            words = text.split()
+            new = [mask_token if rng.random() < cfg.mask_prob else w for w in words]
+            if len(new) > 1 and rng.random() < cfg.ngram_prob:
+                n = rng.randint(1, min(cfg.ngram_max, len(new)))
+                start = rng.randrange(len(new) - n + 1)
+                new = new[start : start + n]
+            if new != words and any(w != mask_token for w in new):
+                out.append(" ".join(new))
+    return out
+
+
+def _texts_sha256(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
+
+
 # ------------------------------------------------------------------------------ teacher logits cache
 
 
 def cache_teacher_logits(
-    teacher_dir: str | Path, data_dir: str | Path, max_length: int, batch_size: int, out_path: str | Path
-) -> dict[str, Any]:
+    teacher_dir: str | Path, data_dir: str | Path, max_length: int, batch_size: int, out_path: str | Path,
+    augment: AugmentConfig | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Run the teacher once over every split; write ``{split: (n, classes)}`` logits to ``out_path``.
 
-    The file's metadata records the inputs (data hashes, max_length, teacher weights hash)
-    so a later stage refuses logits that belong to other data or another truncation length.
+    With ``augment.copies > 0`` the teacher also labels the augmented training sentences
+    (tensor ``augmented``). The file's metadata records the inputs (data hashes, max_length,
+    teacher weights hash, augmentation settings and texts hash) so a later stage refuses
+    logits that belong to other data, another truncation length or other augmentations.
     """
     t0 = time.perf_counter()
     teacher_dir, data_dir = Path(teacher_dir), Path(data_dir)
@@ -125,8 +167,17 @@ def cache_teacher_logits(
         logits = predict_logits(model, enc, batch_size, tokenizer.pad_token_id, desc=f"teacher logits {split}")
         tensors[split] = torch.from_numpy(logits)
         report[f"teacher_{split}_accuracy"] = classification_metrics(logits, np.asarray(enc.labels))["accuracy"]
+    augment = augment or AugmentConfig()
+    aug = augment_texts([ex.text for ex in load_split(data_dir / "train.jsonl")], augment, tokenizer.mask_token)
+    if aug:
+        enc = Encoded(tokenizer(aug, truncation=True, max_length=max_length)["input_ids"], [-1] * len(aug))
+        logits = predict_logits(model, enc, batch_size, tokenizer.pad_token_id, desc="teacher logits augmented")
+        tensors["augmented"] = torch.from_numpy(logits)
+        probs = torch.softmax(tensors["augmented"], -1)
+        report["augmented_mean_confidence"] = float(probs.max(-1).values.mean())
     meta = {f"{s}_sha256": sha256_file(data_dir / f"{s}.jsonl") for s in SPLITS}
     meta |= {"max_length": str(max_length), "teacher_sha256": sha256_file(teacher_dir / "model.safetensors")}
+    meta |= {"augment": json.dumps(augment.to_dict(), sort_keys=True), "augmented_sha256": _texts_sha256(aug)}
     with atomic_file(out_path, "wb") as f:
         f.write(safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
     report["rows"] = {s: int(t.shape[0]) for s, t in tensors.items()}
@@ -138,13 +189,17 @@ def load_teacher_logits(
 ) -> dict[str, torch.Tensor]:
     """Cached teacher logits ``{split: (n, classes)}``, checked against the data and ``max_length``.
 
-    ``key`` names the params key holding ``max_length`` (for the error message).
+    ``key`` names the params key holding ``max_length`` (for the error message). The
+    teacher's logits on augmented sentences, if cached, come as ``augmented``; see
+    :func:`augmented_rows` for the texts.
     """
     path, data_dir = Path(path), Path(data_dir)
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
             logits = {s: f.get_tensor(s) for s in SPLITS}
+            if "augmented" in f.keys():
+                logits["augmented"] = f.get_tensor("augmented")
     except FileNotFoundError:
         raise DataError(f"{path}: teacher logits not found; run the teacher_logits stage first") from None
     except Exception as e:  # noqa: BLE001 - a corrupt cache is a data problem to the user
@@ -158,6 +213,32 @@ def load_teacher_logits(
         if meta.get(f"{s}_sha256") != sha256_file(data_dir / f"{s}.jsonl"):
             raise DataError(f"{path}: the cached logits belong to another {s}.jsonl; rerun the teacher_logits stage")
     return logits
+
+
+def augmented_rows(
+    logits: dict[str, torch.Tensor], path: str | Path, train_texts: Sequence[str], cfg: AugmentConfig,
+    mask_token: str,
+) -> tuple[list[str], torch.Tensor]:  # fmt: skip
+    """The augmented texts for ``cfg`` and their cached teacher logits, checked to belong together.
+
+    The texts are regenerated (deterministic in ``cfg.seed``) and must hash to what the
+    teacher_logits stage labelled (``path``'s metadata); other settings mean the cache is stale.
+    """
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    cached = json.loads(meta.get("augment", "null") or "null") or AugmentConfig().to_dict()
+    if cached != cfg.to_dict():
+        raise ConfigError(
+            f"distill.augment: got {cfg.to_dict()}, but the teacher logits in {path} were computed for {cached}; "
+            "rerun the teacher_logits stage (dvc repro does)"
+        )
+    texts = augment_texts(train_texts, cfg, mask_token)
+    if _texts_sha256(texts) != meta.get("augmented_sha256", _texts_sha256([])):
+        raise DataError(f"{path}: the cached augmented logits belong to other sentences; rerun teacher_logits")
+    rows = logits.get("augmented")
+    if rows is None:
+        rows = torch.zeros((0, logits["train"].shape[1]))
+    return texts, rows
 
 
 # ------------------------------------------------------------------------------ student construction
@@ -213,21 +294,42 @@ def copy_teacher_layers(student: PreTrainedModel, teacher: PreTrainedModel, laye
     student.load_state_dict(rest, strict=False)
 
 
+def keep_strongest_neurons(model: PreTrainedModel, fraction: float) -> int:
+    """Keep ``round(fraction * width)`` FFN neurons in every layer, the largest by
+    ``||W_in[n, :]|| * ||W_out[:, n]||``; record the new width in the config. Returns it."""
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
+    k = max(1, round(fraction * layers[0].ffn_in.out_features))
+    for layer in layers:
+        keep = ffn_magnitudes(layer).topk(k).indices.sort().values
+        shrink_linear(layer.ffn_in, keep, dim=0)
+        shrink_linear(layer.ffn_out, keep, dim=1)
+    setattr(model.config, adapter.ffn_key, k)
+    return k
+
+
 def build_student(teacher: PreTrainedModel, cfg: DistillConfig) -> tuple[PreTrainedModel, tuple[int, ...] | None]:
-    """A student per ``cfg`` and the teacher layers it was initialised from (None: random init)."""
+    """A student per ``cfg`` and the teacher layers it was initialised from (None: random init).
+
+    Where widths match, the student's blocks are copies of the named teacher blocks; with
+    ``ffn_multiplier < 1`` each copy then keeps only its strongest FFN neurons.
+    """
     adapter = adapter_for(teacher)
     config = student_config(teacher.config, cfg.depth_multiplier, cfg.width_multiplier)
     t_depth = getattr(teacher.config, adapter.depth_key)
     layer_map = resolve_init_layers(cfg.init_layers, t_depth, getattr(config, adapter.depth_key))
     set_seed(cfg.train.seed)
     widths_match = getattr(config, adapter.hidden_key) == getattr(teacher.config, adapter.hidden_key)
-    if widths_match:  # a head-pruned teacher layer stays head-pruned in its copy
-        t_pruned = teacher.config.pruned_heads or {}
-        config.pruned_heads = {i: list(t_pruned.get(j, [])) for i, j in enumerate(layer_map) if t_pruned.get(j)}
-    student = AutoModelForSequenceClassification.from_config(config)
     if not widths_match:
-        return student, None
+        ffn = max(1, round(getattr(config, adapter.ffn_key) * cfg.ffn_multiplier))
+        setattr(config, adapter.ffn_key, ffn)
+        return AutoModelForSequenceClassification.from_config(config), None
+    t_pruned = teacher.config.pruned_heads or {}  # a head-pruned teacher layer stays head-pruned in its copy
+    config.pruned_heads = {i: list(t_pruned.get(j, [])) for i, j in enumerate(layer_map) if t_pruned.get(j)}
+    student = AutoModelForSequenceClassification.from_config(config)
     copy_teacher_layers(student, teacher, layer_map)
+    if cfg.ffn_multiplier < 1:
+        keep_strongest_neurons(student, cfg.ffn_multiplier)
     return student, layer_map
 
 
@@ -462,14 +564,21 @@ def distill(
         teacher_ids = torch.tensor(keep)  # the live teacher (hidden-state loss) takes the old ids
     splits = encode_splits(tokenizer, data_dir, t.max_length)
     pad = tokenizer.pad_token_id
+    train_texts = [ex.text for ex in load_split(data_dir / "train.jsonl")]
+    aug_texts, aug_logits = augmented_rows(logits, logits_path, train_texts, cfg.augment, full_tok.mask_token)
+    train, train_logits = splits["train"], logits["train"]
+    if aug_texts:  # labels -1: soft targets only
+        aug_ids = tokenizer(aug_texts, truncation=True, max_length=t.max_length)["input_ids"]
+        train = Encoded(train.input_ids + aug_ids, train.labels + [-1] * len(aug_ids))
+        train_logits = torch.cat([train_logits, aug_logits])
     loss = KDLoss(
-        logits["train"], cfg.alpha, cfg.temperature, cfg.hidden_weight,
+        train_logits, cfg.alpha, cfg.temperature, cfg.hidden_weight,
         teacher if cfg.hidden_weight > 0 else None, layer_map or (), teacher_ids,
     )  # fmt: skip
     fingerprint = run_fingerprint(
         t, cfg.to_dict(), sha256_file(teacher_dir / "model.safetensors"), sha256_file(logits_path), world()[1]
     )
-    result = kd_fit(student, splits, loss, t, pad, ckpt_dir, fingerprint, "distill", on_epoch)
+    result = kd_fit(student, splits | {"train": train}, loss, t, pad, ckpt_dir, fingerprint, "distill", on_epoch)
     if world()[0] != 0:
         return {}
     metrics = model_metrics(student, splits, logits, pad, t.eval_batch_size, t.max_length)
@@ -478,6 +587,7 @@ def distill(
     metrics["non_embedding_params_ratio"] = metrics["params"]["non_embedding"] / teacher_params["non_embedding"]
     metrics["teacher_flops_per_sequence"] = 2 * macs_per_sequence(teacher, t.max_length)
     metrics["init_layers"] = list(layer_map) if layer_map else "random"
+    metrics["augment"] = {"copies": cfg.augment.copies, "rows": len(aug_texts), "train_rows": len(train)}
     metrics["vocab"] = {"trimmed": False, "vocab_size": len(tokenizer)}
     if keep is not None:
         test = load_split(data_dir / "test.jsonl")

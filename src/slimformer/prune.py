@@ -31,9 +31,8 @@ import transformers
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
-from transformers.pytorch_utils import prune_linear_layer
 
-from slimformer.adapters import adapter_for
+from slimformer.adapters import adapter_for, ffn_magnitudes, shrink_linear
 from slimformer.config import PruneDynamicConfig, PruneStructuredConfig
 from slimformer.distill import (
     KDLoss, encode_splits, kd_fit, load_teacher_logits, macs_per_sequence, model_metrics,
@@ -164,10 +163,7 @@ def magnitude_neuron_importance(
     model: PreTrainedModel, batches: list[Batch], cache: dict | None = None
 ) -> list[torch.Tensor]:
     """``||W_in[n, :]|| * ||W_out[:, n]||`` per FFN neuron ``(intermediate,)``; needs no data."""
-    return [
-        layer.ffn_in.weight.detach().norm(dim=1) * layer.ffn_out.weight.detach().norm(dim=0)
-        for layer in adapter_for(model).layers(model)
-    ]
+    return [ffn_magnitudes(layer) for layer in adapter_for(model).layers(model)]
 
 
 # Each measure: fn(model, validation batches, cache) -> per layer scores, higher = more important.
@@ -294,13 +290,6 @@ def prune_layer_heads(model: PreTrainedModel, index: int, heads: Sequence[int]) 
         model.prune_heads({index: list(heads)})
 
 
-def shrink_linear(lin: nn.Linear, keep: torch.Tensor, dim: int) -> None:
-    """Keep output rows (``dim=0``) or input columns (``dim=1``) ``keep`` of ``lin``, in place."""
-    new = prune_linear_layer(lin, keep, dim=dim)
-    lin.weight, lin.bias = new.weight, new.bias
-    lin.in_features, lin.out_features = new.in_features, new.out_features
-
-
 def prune_layer_neurons(model: PreTrainedModel, index: int, neurons: Sequence[int]) -> None:
     """Remove FFN neurons of layer ``index``: rows of the up-projection, columns of the down-projection."""
     layer = _layer(model, index)
@@ -410,7 +399,8 @@ def prune_structured(
     plan = make_plan(model, head_scores, neuron_scores, cfg)
     apply_plan(model, plan)
     model.zero_grad(set_to_none=True)
-    no_recovery = evaluate(model, splits["test"], t.eval_batch_size, pad)["accuracy"]
+    no_recovery = {s: evaluate(model, splits[s], t.eval_batch_size, pad)["accuracy"] for s in ("val", "test")}
+    unrecovered = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     loss = KDLoss(logits["train"], cfg.alpha, cfg.temperature)
     fingerprint = run_fingerprint(
@@ -419,6 +409,10 @@ def prune_structured(
     result = kd_fit(model, splits, loss, t, pad, ckpt_dir, fingerprint, "prune_structured", on_epoch)
     if world()[0] != 0:
         return {}
+    # Model selection on validation, as for epochs: the pruned model before recovery is a candidate too.
+    recovery_kept = result.best_val.get("val_accuracy", -1.0) >= no_recovery["val"]
+    if not recovery_kept:
+        model.load_state_dict(unrecovered)
     after = model_metrics(model, splits, logits, pad, t.eval_batch_size, t.max_length) | structure(model)
     batch = latency_batch(splits["test"], pad)
     lat = measure_latency({"before": before_model, "after": model}, batch, cfg.latency_rounds)
@@ -430,7 +424,9 @@ def prune_structured(
     return {
         "before": before,
         "after": after,
-        "test_accuracy_before_recovery": no_recovery,
+        "test_accuracy_before_recovery": no_recovery["test"],
+        "val_accuracy_before_recovery": no_recovery["val"],
+        "recovery_kept": recovery_kept,
         "removed": {
             "heads": before["heads"] - after["heads"],
             "heads_fraction": 1 - after["heads"] / before["heads"],
