@@ -558,13 +558,12 @@ def distill(
     logits = load_teacher_logits(logits_path, data_dir, t.max_length, "distill.train.max_length")
     student, layer_map = build_student(teacher, cfg)
     keep, teacher_ids = None, None
+    train_texts = [ex.text for ex in load_split(data_dir / "train.jsonl")]
     if cfg.trim_vocab:
-        texts = [ex.text for ex in load_split(data_dir / "train.jsonl")]
-        tokenizer, keep, full_rows = trim_vocab(student, full_tok, texts)
+        tokenizer, keep, full_rows = trim_vocab(student, full_tok, train_texts)
         teacher_ids = torch.tensor(keep)  # the live teacher (hidden-state loss) takes the old ids
     splits = encode_splits(tokenizer, data_dir, t.max_length)
     pad = tokenizer.pad_token_id
-    train_texts = [ex.text for ex in load_split(data_dir / "train.jsonl")]
     aug_texts, aug_logits = augmented_rows(logits, logits_path, train_texts, cfg.augment, full_tok.mask_token)
     train, train_logits = splits["train"], logits["train"]
     if aug_texts:  # labels -1: soft targets only
