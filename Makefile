@@ -26,8 +26,9 @@ run: setup
 	@test -d .git || { echo "error: run from a git checkout (dvc needs git)"; exit 2; }
 	$(BIN)/dvc repro
 
+# Two workers (this machine's two cores); whole modules per worker (their fixtures build once).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean-venv:
 	rm -rf $(VENV)

@@ -14,6 +14,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The longest module (the real `dvc repro` on tiny params, then reruns, an interrupted run
+# and a download from a clone, all on one temporary repository) goes first: `make test` runs
+# `pytest -n 2 --dist loadfile`, which hands out whole modules in collection order, so one
+# worker starts on it at once and the other works through the rest meanwhile.
+LONGEST_FIRST = ("test_pipeline.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import runpy
 import shutil
@@ -112,6 +113,7 @@ def test_run_rounds_times_each_round_slice_in_schedule_order():
     assert [len(r) for r in times["x"]["batch_1"]] == [2, 2] and [len(r) for r in times["y"]["batch_4"]] == [1, 1]
     expected = [(v, i) for r in range(2) for v in order[r] for i in [*slices["batch_1"][r], *(10 + j for j in slices["batch_4"][r])]]
     assert calls == expected
+    assert gc.get_freeze_count() == 0 and gc.isenabled()  # the collector is given back as it was
 
 
 def test_speedups_skip_rounds_without_calls():
@@ -305,3 +307,7 @@ def test_zip_size_is_the_size_of_a_real_deflate_archive(tmp_path):
         z.write(files[1], "sub/b.txt")
     assert n == (tmp_path / "ref.zip").stat().st_size
     assert 20_000 < n < 20_000 + 55_000 // 10
+    variants = [bm.Variant(name, "pytorch", tmp_path, "baseline") for name in ("p", "q", "r")]
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)
+    one = bm.size_info(variants[0], 6)
+    assert bm.size_infos(variants, 6, threads=2) == {"p": one, "q": one, "r": one}  # threads change nothing

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +59,16 @@ def random_batch(seed: int, batch: int, seq: int, vocab: int = 1000) -> tuple[np
     return ids, mask
 
 
+def _stage_module():
+    spec = importlib.util.spec_from_file_location("export_stage", REPO / "stages" / "export.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    return stage
+
+
 def test_registry_has_every_exporter():
     assert set(EXPORTERS) == {"torchscript", "torchscript_int8", "onnx", "onnx_ortopt", "tensorrt_fp16", "tensorrt_int8"}
+    assert sorted(_stage_module().EXPORTERS) == sorted(EXPORTERS)  # the stage script's --exporter choices
 
 
 def test_probes_have_exact_shapes_and_real_padding(pruned_bert_dir, data_dir):
@@ -157,6 +167,27 @@ def test_tensorrt_exporters_skip_with_reason(engines, data_dir):
         assert m["precision"] == "fp16" and "parity" in m and m["parity"] == {}
 
 
+def test_tensorrt_stage_skips_without_importing_torch(engines, data_dir, tmp_path):
+    """Where TensorRT is absent, stages/export.py writes the skipped engine build_engine would, in a
+    process that never imports torch (a few seconds per tensorrt@ stage instead of ten)."""
+    reference = build_engine("tensorrt_fp16", engines["onnx"], CFG, data_dir, tmp_path / "ref" / "tensorrt_fp16")
+    params = tmp_path / "params.yaml"
+    params.write_text("export:\n  batch_sizes: [1, 8, 32]\n  lengths: [8, 24, 64]\n", encoding="utf-8")
+    out, metrics = tmp_path / "engines" / "tensorrt_fp16", tmp_path / "m.json"
+    code = ("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "stages" / "export.py"), "--params", str(params),
+                           "--exporter", "tensorrt_fp16", "--source", str(engines["onnx"]), "--data", str(data_dir),
+                           "--out", str(out), "--metrics", str(metrics)], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "tensorrt_fp16 skipped: " in proc.stdout
+    m = json.loads((out / MANIFEST).read_text())
+    volatile = {"build_seconds"}
+    assert {k: v for k, v in m.items() if k not in volatile} == {k: v for k, v in reference.items() if k not in volatile}
+    assert json.loads(metrics.read_text()) == {"variant": "tensorrt_fp16", "status": "skipped", "format": "tensorrt",
+                                               "precision": "fp16", "reason": reference["reason"]}  # fmt: skip
+
+
 def test_tensorrt_int8_needs_the_qdq_engine(engines, data_dir, tmp_path):
     with pytest.raises(config_module.ConfigError, match="needs the QDQ int8 ONNX engine with symmetric scales"):
         build_engine("tensorrt_int8", engines["onnx"], CFG, data_dir, tmp_path / "trt8")
@@ -170,9 +201,7 @@ def test_export_stage_script(tmp_path, monkeypatch, pruned_bert_dir, data_dir):
     monkeypatch.setitem(config_module.SECTIONS, "quantize", QuantizeConfig)
     params = tmp_path / "params.yaml"
     params.write_text("export:\n  batch_sizes: [1, 4]\n  lengths: [8, 16]\n  num_threads: 1\n", encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("export_stage", REPO / "stages" / "export.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
+    stage = _stage_module()
     args = argparse.Namespace(params=str(params), exporter="torchscript", source=str(pruned_bert_dir), data=str(data_dir),
                               out=str(tmp_path / "engines" / "final_fp32_torchscript"), metrics=str(tmp_path / "m.json"))  # fmt: skip
     stage.run(args)

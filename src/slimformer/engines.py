@@ -152,6 +152,14 @@ def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def source_labels(source_dir: Path) -> list[str]:
+    """Class names by id: from an engine manifest, or from a model's config.json id2label."""
+    if (source_dir / MANIFEST).is_file():
+        return list(read_manifest(source_dir).get("labels", []))
+    id2label = json.loads((source_dir / "config.json").read_text(encoding="utf-8")).get("id2label", {})
+    return [id2label[k] for k in sorted(id2label, key=int)]
+
+
 def verify_engine(engine_dir: str | Path) -> dict[str, Any]:
     """Check that every file the manifest lists exists with its sha256; return the manifest.
 
@@ -308,4 +316,19 @@ def index_engines(root: str | Path) -> dict[str, Any]:
         else:
             entry["reason"] = m.get("reason")
         out[m["variant"]] = entry
+    return out
+
+
+def engine_metrics(manifest: dict[str, Any], engine_dir: Path) -> dict[str, Any]:
+    """The numbers a stage reports for one engine (size, build time, parity)."""
+    out: dict[str, Any] = {"variant": manifest["variant"], "status": manifest["status"],
+                           "format": manifest["format"], "precision": manifest["precision"]}  # fmt: skip
+    if manifest["status"] != "ok":
+        return out | {"reason": manifest.get("reason")}
+    out["engine_bytes"] = (engine_dir / ENGINE_FILES[manifest["format"]]).stat().st_size
+    out["build_seconds"] = manifest.get("build_seconds")
+    parity = manifest.get("parity", {})
+    out["parity_max_abs_diff"] = parity.get("max_abs_diff")
+    if "agreement" in parity:
+        out["agreement"] = parity["agreement"]
     return out

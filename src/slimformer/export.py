@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import random
 import shutil
@@ -50,9 +49,8 @@ from slimformer.engines import (
     TorchRunner,
     check_onnx,
     load_engine,
-    read_manifest,
     runtime_versions,
-    verify_engine,
+    source_labels,
     write_manifest,
 )
 from slimformer.errors import CheckpointError, ConfigError
@@ -249,14 +247,6 @@ def copy_tokenizer(source_dir: Path, out_dir: Path) -> list[str]:
     return copied
 
 
-def source_labels(source_dir: Path) -> list[str]:
-    """Class names by id: from an engine manifest, or from a model's config.json id2label."""
-    if (source_dir / MANIFEST).is_file():
-        return list(read_manifest(source_dir).get("labels", []))
-    id2label = json.loads((source_dir / "config.json").read_text(encoding="utf-8")).get("id2label", {})
-    return [id2label[k] for k in sorted(id2label, key=int)]
-
-
 def reference_runner(source_dir: Path, num_threads: int) -> Runner:
     """What an engine built from ``source_dir`` is compared with: the PyTorch model, or the source engine."""
     if (source_dir / MANIFEST).is_file():
@@ -407,17 +397,7 @@ def export_tensorrt_int8(source_dir: Path, cfg: ExportConfig, out_dir: Path, pro
 
 
 def _tensorrt(source_dir: Path, cfg: ExportConfig, out_dir: Path, precision: str) -> dict[str, Any]:
-    source = verify_engine(source_dir)
-    if source["format"] != "onnx" or source["status"] != "ok":
-        raise ConfigError(f"{source_dir}: TensorRT builds from an ONNX engine directory, got {source['format']} ({source['status']})")
-    if precision == "int8" and source.get("quant_format") != "qdq_symmetric":
-        raise ConfigError(f"{source_dir}: TensorRT int8 needs the QDQ int8 ONNX engine with symmetric scales "
-                          f"(explicit quantization), got quant_format={source.get('quant_format')!r}")  # fmt: skip
-    if precision == "fp16" and source["precision"] != "fp32":
-        raise ConfigError(f"{source_dir}: TensorRT fp16 builds from the fp32 ONNX engine, got {source['precision']}")
-    info: dict[str, Any] = {"format": "tensorrt", "precision": precision, "opset": source.get("opset"),
-                            "device": cfg.tensorrt.device}  # fmt: skip
-    trt_engine.profile_shapes(cfg.tensorrt)  # a bad profile is an error even where TensorRT is absent
+    info = trt_engine.source_info(source_dir, precision, cfg.tensorrt)  # a bad profile fails even without TensorRT
     ok, reason = trt_engine.availability(cfg.tensorrt.device)
     if not ok:
         return info | {"status": "skipped", "reason": reason}
@@ -486,19 +466,4 @@ def build_engine(
         info["exporter_name"] = exporter
         manifest = seal_engine(tmp, info, source_dir, variant, cfg, inputs)
     return manifest
-
-
-def engine_metrics(manifest: dict[str, Any], engine_dir: Path) -> dict[str, Any]:
-    """The numbers a stage reports for one engine (size, build time, parity)."""
-    out: dict[str, Any] = {"variant": manifest["variant"], "status": manifest["status"],
-                           "format": manifest["format"], "precision": manifest["precision"]}  # fmt: skip
-    if manifest["status"] != "ok":
-        return out | {"reason": manifest.get("reason")}
-    out["engine_bytes"] = (engine_dir / ENGINE_FILES[manifest["format"]]).stat().st_size
-    out["build_seconds"] = manifest.get("build_seconds")
-    parity = manifest.get("parity", {})
-    out["parity_max_abs_diff"] = parity.get("max_abs_diff")
-    if "agreement" in parity:
-        out["agreement"] = parity["agreement"]
-    return out
 

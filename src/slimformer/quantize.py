@@ -37,9 +37,9 @@ from onnx import numpy_helper
 
 from slimformer.config import DynamicPTQConfig, ExportConfig, PTQConfig, StaticPTQConfig
 from slimformer.data import Example, load_split
-from slimformer.engines import ENGINE_FILES, OrtRunner, Runner, runtime_versions, verify_engine, write_manifest
+from slimformer.engines import ENGINE_FILES, OrtRunner, Runner, runtime_versions, source_labels, verify_engine, write_manifest
 from slimformer.errors import ConfigError, SlimformerError
-from slimformer.export import gate_inputs, seal_engine, source_labels
+from slimformer.export import gate_inputs, seal_engine
 from slimformer.io import atomic_dir
 from slimformer.modeling import load_tokenizer
 from slimformer.training import batch_order, classification_metrics, collate, encode

@@ -20,11 +20,14 @@ from typing import Any, Literal
 import numpy as np
 
 from slimformer.config import TensorRTConfig
-from slimformer.errors import SlimformerError
+from slimformer.engines import source_labels, verify_engine, write_manifest
+from slimformer.errors import ConfigError, SlimformerError
+from slimformer.io import atomic_dir
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
 ENGINE_FILE = "model.engine"
+PRECISION_OF_EXPORTER = {"tensorrt_fp16": "fp16", "tensorrt_int8": "int8"}
 
 Shape = tuple[int, int]  # (batch, sequence)
 
@@ -67,6 +70,41 @@ def availability(device: int = 0) -> tuple[bool, str]:
     if not torch.cuda.is_available() or torch.cuda.device_count() <= device:
         return False, f"no CUDA device {device} (torch.cuda.device_count() = {torch.cuda.device_count()})"
     return True, f"tensorrt {trt.__version__} on {torch.cuda.get_device_name(device)}"
+
+
+def source_info(source_dir: Path, precision: str, cfg: TensorRTConfig) -> dict[str, Any]:
+    """Check the ONNX engine a TensorRT engine builds from, and the profile; return the new manifest's fields.
+
+    Runs where TensorRT is absent too: a wrong source or profile is an error on every machine.
+    """
+    source = verify_engine(source_dir)
+    if source["format"] != "onnx" or source["status"] != "ok":
+        raise ConfigError(f"{source_dir}: TensorRT builds from an ONNX engine directory, got {source['format']} ({source['status']})")
+    if precision == "int8" and source.get("quant_format") != "qdq_symmetric":
+        raise ConfigError(f"{source_dir}: TensorRT int8 needs the QDQ int8 ONNX engine with symmetric scales "
+                          f"(explicit quantization), got quant_format={source.get('quant_format')!r}")  # fmt: skip
+    if precision == "fp16" and source["precision"] != "fp32":
+        raise ConfigError(f"{source_dir}: TensorRT fp16 builds from the fp32 ONNX engine, got {source['precision']}")
+    profile_shapes(cfg)
+    return {"format": "tensorrt", "precision": precision, "opset": source.get("opset"), "device": cfg.device}
+
+
+def write_skipped(exporter: str, source_dir: str | Path, cfg: TensorRTConfig, out_dir: str | Path) -> dict[str, Any] | None:
+    """Where TensorRT cannot build, write ``out_dir`` as a skipped engine (manifest with the reason) and
+    return its manifest; return None where it can. Imports neither torch nor the exporters.
+
+    The manifest is the one :func:`slimformer.export.build_engine` writes for a skipped build.
+    """
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    info = source_info(source_dir, PRECISION_OF_EXPORTER[exporter], cfg)
+    ok, reason = availability(cfg.device)
+    if ok:
+        return None
+    with atomic_dir(out_dir) as tmp:
+        return write_manifest(tmp, format=info["format"], precision=info["precision"], variant=out_dir.name,
+                              source_model=str(source_dir), labels=source_labels(source_dir), opset=info["opset"],
+                              status="skipped", reason=reason, runtime={},
+                              extra={"device": info["device"], "build_seconds": 0.0, "exporter_name": exporter})  # fmt: skip
 
 
 def tensorrt_version() -> str | None:
