@@ -192,7 +192,8 @@ def test_tiny_engine_end_to_end_through_the_stage(tmp_path, tiny_bert_dir, data_
     write_manifest(skipped, format="tensorrt", precision="fp16", variant="tensorrt_fp16", source_model="x",
                    labels=LABELS, status="skipped", reason="no CUDA device")  # fmt: skip
     shutil.copytree(engines / "tiny_fp32_onnx", engines / "best")  # the report's copy: never measured twice
-    (tmp_path / "params.yaml").write_text(json.dumps({"benchmark": TINY.to_dict()}), encoding="utf-8")  # JSON is YAML
+    params = TINY.to_dict() | {"peak_rss": True}
+    (tmp_path / "params.yaml").write_text(json.dumps({"benchmark": params}), encoding="utf-8")  # JSON is YAML
     monkeypatch.setitem(config_module.SECTIONS, "benchmark", BenchmarkConfig)
     out = tmp_path / "metrics" / "benchmark.json"
     argv = ["--params", str(tmp_path / "params.yaml"), "--engines", str(engines), "--teacher", str(tiny_bert_dir),
@@ -215,7 +216,7 @@ def test_tiny_engine_end_to_end_through_the_stage(tmp_path, tiny_bert_dir, data_
         assert v[bm.TEACHER]["speedup_vs_teacher"][s]["p50"] == 1.0
     assert e["parameters"] == v[bm.TEACHER]["parameters"] == sum(p.numel() for p in _model(tiny_bert_dir).parameters())
     assert 0 < e["zip_bytes"] and e["model_bytes"] < e["size_bytes"]
-    assert "peak_rss_mb" not in e and res["settings"]["rss_method"] is None
+    assert e["peak_rss_mb"] > 0 and v[bm.TEACHER]["peak_rss_mb"] > 0 and res["settings"]["rss_method"] == bm.RSS_METHOD
     assert res["machine"]["threads_used"] == 1 and "avx2" in res["machine"]["cpu_flags"]
     assert len(res["settings"]["rounds_order"]) == 3 and not (tmp_path / "onestep").exists()
 

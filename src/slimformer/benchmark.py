@@ -698,9 +698,11 @@ def benchmark(
     measured = [v for v in variants if v.name in runners]
     del runners
     gc.collect()
-    if cfg.peak_rss:
-        for v in measured:
-            results[v.name] |= peak_rss(v, inputs[v.name][f"batch_{cfg.large_batch}"], cfg.num_threads)
+    if cfg.peak_rss:  # one child per variant, ``num_threads`` at a time: a process's peak RSS is its own
+        with ThreadPoolExecutor(max_workers=max(1, cfg.num_threads)) as pool:
+            rss = pool.map(lambda v: peak_rss(v, inputs[v.name][f"batch_{cfg.large_batch}"], cfg.num_threads), measured)
+            for v, r in zip(measured, rss, strict=True):
+                results[v.name] |= r
     machine["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     return {
         "machine": machine,

@@ -195,7 +195,14 @@ def check_onnx(path: Path) -> None:
 
 
 class OrtRunner:
-    """An ONNX Runtime CPU session with a fixed thread count."""
+    """An ONNX Runtime CPU session with a fixed thread count.
+
+    Its worker threads stop spinning when a run ends (``session.force_spinning_stop``). By
+    default they spin on for tens of milliseconds, holding the cores the next session needs:
+    when the benchmark switched from one ONNX Runtime variant to another 10 ms later, batch-1
+    calls of the second took 6 ms instead of 2 in spikes (p95 doubled). Within a run they
+    spin as usual.
+    """
 
     runtime = "onnxruntime-cpu"
 
@@ -206,6 +213,7 @@ class OrtRunner:
         opts.intra_op_num_threads = num_threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types

@@ -5,8 +5,9 @@ Exporters sit in :data:`EXPORTERS`, keyed by name, all with one signature::
     fn(source_dir: Path, cfg: ExportConfig, out_dir: Path, probes: list[Probe]) -> dict
 
 They write the engine file into ``out_dir`` (an empty temporary directory) and return the
-format-specific manifest fields (``format``, ``precision``, ``opset``, how it was made). A
-``"status": "skipped"`` answer (TensorRT absent) carries the reason and writes no file.
+format-specific manifest fields (``format``, ``precision``, ``opset``, how it was made).
+Where TensorRT cannot build, :func:`build_engine` writes a skipped engine (a manifest with
+the reason, no engine file) through :func:`slimformer.tensorrt.write_skipped` instead.
 ``probes`` are real test-split batches: exporters trace on them, and the ORT optimizer
 checks its fusions on them.
 
@@ -397,10 +398,7 @@ def export_tensorrt_int8(source_dir: Path, cfg: ExportConfig, out_dir: Path, pro
 
 
 def _tensorrt(source_dir: Path, cfg: ExportConfig, out_dir: Path, precision: str) -> dict[str, Any]:
-    info = trt_engine.source_info(source_dir, precision, cfg.tensorrt)  # a bad profile fails even without TensorRT
-    ok, reason = trt_engine.availability(cfg.tensorrt.device)
-    if not ok:
-        return info | {"status": "skipped", "reason": reason}
+    info = trt_engine.source_info(source_dir, precision, cfg.tensorrt)
     built = trt_engine.build_engine(source_dir / ENGINE_FILES["onnx"], out_dir / ENGINE_FILES["tensorrt"], precision, cfg.tensorrt)
     return info | {"build": built, "runtime": {"tensorrt": built["tensorrt_version"]}}
 
@@ -434,9 +432,6 @@ def seal_engine(
     fields = {"format": info.pop("format"), "precision": info.pop("precision"), "variant": variant,
               "source_model": str(source_dir), "labels": source_labels(source_dir), "opset": info.pop("opset", None)}  # fmt: skip
     runtime = info.pop("runtime", {})
-    if info.get("status") == "skipped":
-        info.pop("status")
-        return write_manifest(engine_dir, **fields, status="skipped", reason=info.pop("reason"), runtime=runtime, extra=info)
     copy_tokenizer(source_dir, engine_dir)
     engine = RUNNERS[fields["format"]](engine_dir, info, cfg.num_threads)
     reference = reference or reference_runner(source_dir, cfg.num_threads)
@@ -457,6 +452,10 @@ def build_engine(
         raise ConfigError(f"exporter {exporter!r} unknown; known: {', '.join(EXPORTERS)}")
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     variant = variant or out_dir.name
+    if exporter in trt_engine.PRECISION_OF_EXPORTER:  # checks source and profile; None where TensorRT can build
+        skipped = trt_engine.write_skipped(exporter, source_dir, cfg.tensorrt, out_dir, variant)
+        if skipped is not None:
+            return skipped
     tokenizer = load_tokenizer(source_dir)
     inputs = gate_inputs(tokenizer, data_dir, cfg)
     with atomic_dir(out_dir) as tmp:

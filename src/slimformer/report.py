@@ -359,7 +359,8 @@ def render_report(
         f"{s['batch1_samples']} real test sentences at batch 1 and {s['large_batches']} batches of {s['large_batch']} "
         f"(padded to the longest in each batch), each timed {s.get('repeats', 1)} times per variant after "
         f"{s['warmup']} warm-up calls, in {s['rounds']} interleaved rounds (every variant on the same inputs in each "
-        "round, order rotated each round); percentiles pool every call.",
+        "round, order rotated each round; ONNX Runtime threads stop spinning when a call returns, so one "
+        "variant's idle threads do not hold the cores while the next is timed); percentiles pool every call.",
     ]
     busy = max(m.get("load_average_1m_at_start", 0), m.get("load_average_1m_at_end", 0))
     if busy > m.get("usable_cores", 1):

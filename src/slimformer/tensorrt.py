@@ -89,11 +89,13 @@ def source_info(source_dir: Path, precision: str, cfg: TensorRTConfig) -> dict[s
     return {"format": "tensorrt", "precision": precision, "opset": source.get("opset"), "device": cfg.device}
 
 
-def write_skipped(exporter: str, source_dir: str | Path, cfg: TensorRTConfig, out_dir: str | Path) -> dict[str, Any] | None:
-    """Where TensorRT cannot build, write ``out_dir`` as a skipped engine (manifest with the reason) and
-    return its manifest; return None where it can. Imports neither torch nor the exporters.
-
-    The manifest is the one :func:`slimformer.export.build_engine` writes for a skipped build.
+def write_skipped(
+    exporter: str, source_dir: str | Path, cfg: TensorRTConfig, out_dir: str | Path, variant: str | None = None
+) -> dict[str, Any] | None:  # fmt: skip
+    """Where TensorRT cannot build, write ``out_dir`` as a skipped engine (a manifest with the reason,
+    no engine file) and return its manifest; return None where it can. The source engine and the
+    profile are checked either way. Imports neither torch nor the exporters, so the ``tensorrt@``
+    stages take a second where TensorRT is absent.
     """
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     info = source_info(source_dir, PRECISION_OF_EXPORTER[exporter], cfg)
@@ -101,7 +103,7 @@ def write_skipped(exporter: str, source_dir: str | Path, cfg: TensorRTConfig, ou
     if ok:
         return None
     with atomic_dir(out_dir) as tmp:
-        return write_manifest(tmp, format=info["format"], precision=info["precision"], variant=out_dir.name,
+        return write_manifest(tmp, format=info["format"], precision=info["precision"], variant=variant or out_dir.name,
                               source_model=str(source_dir), labels=source_labels(source_dir), opset=info["opset"],
                               status="skipped", reason=reason, runtime={},
                               extra={"device": info["device"], "build_seconds": 0.0, "exporter_name": exporter})  # fmt: skip
