@@ -344,7 +344,8 @@ def zip_size(files: list[Path], root: Path, level: int = 9) -> int:
     with tempfile.TemporaryFile() as f:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as z:
             for p in files:
-                with p.open("rb") as src, z.open(p.relative_to(root).as_posix(), "w", force_zip64=p.stat().st_size > 2**31) as dst:
+                big = p.stat().st_size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule in ZipFile.write
+                with p.open("rb") as src, z.open(p.relative_to(root).as_posix(), "w", force_zip64=big) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
         return f.tell()
 
