@@ -19,7 +19,8 @@ from slimformer.modeling import load_classifier
 from slimformer.qat import FakeQuantLinear, act_qparams, fake_quant_weight, qat, range_overrides, unwrap, wrap
 from slimformer.engines import OrtRunner
 from slimformer.quantize import (
-    VARIANTS, AccuracyError, FeedReader, fit_accuracy, linear_matmuls, ptq, rank_matmuls, sqnr_db, weight_only_int8,
+    VARIANTS, AccuracyError, FeedReader, dynamic_op_types, fit_accuracy, linear_matmuls, ptq, rank_matmuls, sqnr_db,
+    weight_only_int8,
 )  # fmt: skip
 
 EXPORT = ExportConfig(batch_sizes=(1, 8), lengths=(8, 32), min_agreement=0.9)
@@ -104,6 +105,34 @@ def test_method_selects_engines_others_skipped(tmp_path, fp32_engine, data_dir):
         m = verify_engine(outs[kind])
         assert m["status"] == "skipped" and "quantize.ptq.method=dynamic" in m["reason"]
         assert not (outs[kind] / "model.onnx").exists()
+
+
+def test_fused_graph_gets_fused_int8_ops(tmp_path_factory, tiny_bert_dir, data_dir, fp32_engine):
+    """ORT's fused graph (Attention, EmbedLayerNormalization) -> QAttention, QEmbedLayerNormalization."""
+    root = tmp_path_factory.mktemp("fused")
+    fused = root / "final_fp32_ortopt"
+    build_engine("onnx_ortopt", tiny_bert_dir, EXPORT, data_dir, fused)
+    assert {"Attention", "EmbedLayerNormalization"} <= {n.op_type for n in onnx.load(str(fused / "model.onnx")).graph.node}
+    out = root / "ptq_dynamic_int8_ortopt"
+    cfg = PTQConfig.from_dict({"num_threads": 1})
+    metrics = ptq(fused, data_dir, cfg, EXPORT, {"dynamic": out})
+    assert set(metrics) == {"fp32", "dynamic"} and metrics["dynamic"]["status"] == "ok"
+    m = verify_engine(out)
+    assert m["variant"] == "ptq_dynamic_int8_ortopt" and m["source_model"] == str(fused)
+    assert m["parity"]["kind"] == "agreement" and m["parity"]["agreement"] >= EXPORT.min_agreement
+    assert m["quantization"]["settings"]["quantized_op_types"] == ["MatMul", "Gather", "Attention", "EmbedLayerNormalization"]
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"QAttention", "QEmbedLayerNormalization", "MatMulInteger"} <= ops and "Attention" not in ops
+    assert abs(metrics["dynamic"]["test_accuracy"] - metrics["fp32"]["test_accuracy"]) <= 0.01
+    assert dynamic_op_types(fused / "model.onnx", ("MatMul",)) == ["MatMul", "Attention"]  # each fused op follows its plain op
+    assert dynamic_op_types(fp32_engine / "model.onnx", ("MatMul", "Gather")) == ["MatMul", "Gather"]  # nothing fused
+
+
+def test_ptq_outputs_must_be_known_kinds(tmp_path, fp32_engine, data_dir):
+    for outs in ({}, {"int4": tmp_path / "x"}):
+        with pytest.raises(ConfigError, match="ptq writes one or more of dynamic, static, static_qdq"):
+            ptq(fp32_engine, data_dir, PTQConfig(), EXPORT, outs)
+    assert not (tmp_path / "x").exists()
 
 
 def test_rank_matmuls_covers_every_linear(fp32_engine):
