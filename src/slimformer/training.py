@@ -232,9 +232,12 @@ def fit(
     total = steps_per_epoch * cfg.epochs
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not _no_decay(n)]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and _no_decay(n)]
+    # fused: one kernel over all parameters. The default on CPU loops over tensors in Python: 123 ms
+    # a step for MiniLM's 22.7M parameters here against 19 ms fused, a sixth of a teacher step.
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+        fused=True,
+    )  # fmt: skip
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
 
     start_epoch, history, best_metric, best_epoch, train_seconds = 1, [], -1.0, 0, 0.0
