@@ -1,6 +1,7 @@
 """DVC stage: int8 engines from an fp32 ONNX engine with ONNX Runtime PTQ (params: quantize.ptq, export).
 
-The source is the plain fp32 ONNX engine (three outputs) or ORT's fused graph (dynamic only).
+The source is the plain fp32 ONNX engine (dvc.yaml's quantize_ptq asks for all three engines) or ORT's
+fused graph (quantize_ptq_fused asks for the dynamic one, where Attention becomes QAttention).
 """
 
 import argparse
