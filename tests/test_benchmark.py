@@ -7,6 +7,7 @@ import json
 import runpy
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,26 @@ def test_speedups_skip_rounds_without_calls():
     var = {"p50_ms": 2.0, "p95_ms": 2.0, "p99_ms": 2.0, "round_p50_ms": [None, 1.0]}
     assert bm.speedups(base, var)["p50_round_median"] == 4.0
     assert bm.latency_stats([[], [1.0, 3.0]], 1)["round_p50_ms"] == [None, 2.0]
+
+
+def test_contention_counts_other_processes_and_steal_not_our_own_cpu():
+    before = {"busy_s": 100.0, "steal_s": 5.0, "own_s": 10.0}
+    after = {"busy_s": 118.0, "steal_s": 6.0, "own_s": 26.0}  # 18 s busy of which 16 s ours, over 10 s x 2 cores
+    assert bm.contention(before, after, wall_s=10.0, cores=2) == {"other_processes_cpu_share": 0.1, "steal_share": 0.05}
+    idle = {"busy_s": 116.0, "steal_s": 5.0, "own_s": 26.0}  # tick rounding can make ours exceed the machine's
+    assert bm.contention(before, idle, 10.0, 2)["other_processes_cpu_share"] == 0.0
+    assert bm.contention(None, after, 10.0, 2) == {"other_processes_cpu_share": None, "steal_share": None}
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="/proc/stat is Linux-only")
+def test_cpu_counters_see_this_process_work():
+    a = bm.cpu_counters()
+    t0 = time.perf_counter()
+    while time.process_time() - a["own_s"] < 0.3 and time.perf_counter() - t0 < 30:  # 0.3 s of our own CPU
+        pass
+    b = bm.cpu_counters()
+    assert b["own_s"] - a["own_s"] >= 0.3 and b["busy_s"] - a["busy_s"] > 0.2  # the machine counted our work
+    assert b["steal_s"] >= a["steal_s"]
 
 
 def test_latency_sets_are_seeded_and_sized():

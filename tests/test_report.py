@@ -236,3 +236,14 @@ def test_report_stage_writes_selection_or_fails_with_one_clear_line(tmp_path, mo
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("slimformer report: error: no engine qualifies") and "\n" not in err
+
+
+def test_busy_warning_names_other_processes_and_steal_only_above_the_threshold():
+    quiet = {"usable_cores": 2, "timing_contention": {"other_processes_cpu_share": 0.01, "steal_share": 0.02}}
+    assert rp.busy_warning(quiet) == []
+    assert rp.busy_warning({"usable_cores": 2, "load_average_1m_at_start": 9.0}) == []  # no contention figures
+    busy = {"usable_cores": 2, "timing_contention": {"other_processes_cpu_share": 0.2, "steal_share": 0.03}}
+    text = "".join(rp.busy_warning(busy))
+    assert "Busy machine" in text and "20.0%" in text and "3.0%" in text
+    stolen = {"usable_cores": 2, "timing_contention": {"other_processes_cpu_share": 0.0, "steal_share": 0.12}}
+    assert "12.0% (steal)" in "".join(rp.busy_warning(stolen))

@@ -313,13 +313,39 @@ def run_rounds(
                 for set_name, batches in inputs[name].items():
                     times[name][set_name].append(time_calls(runners[name], [batches[i] for i in slices[set_name][r]]))
                 gc.enable()
-            if log is not None:
+            if log is not None and (r + 1) % max(1, len(order) // 10) == 0:  # about ten lines in all
                 log(f"benchmark: round {r + 1}/{len(order)} took {time.perf_counter() - t0:.1f} s")
     finally:
         gc.unfreeze()
         if gc_was_enabled:
             gc.enable()
     return times
+
+
+def cpu_counters() -> dict[str, float] | None:
+    """Machine-wide busy and steal CPU seconds (``/proc/stat``) and this process's CPU seconds; None off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"busy_s": (user + nice + system + irq + softirq) / tick, "steal_s": steal / tick, "own_s": time.process_time()}
+
+
+def contention(before: dict | None, after: dict | None, wall_s: float, cores: int) -> dict[str, float | None]:
+    """Shares of the cores' time while the rounds ran: other processes' CPU, and steal (a hypervisor
+    running other guests on this machine's cores). Either makes latency noisier; the load average
+    cannot tell them from the benchmark's own threads."""
+    if before is None or after is None or wall_s <= 0:
+        return {"other_processes_cpu_share": None, "steal_share": None}
+    capacity = wall_s * max(1, cores)
+    other = (after["busy_s"] - before["busy_s"]) - (after["own_s"] - before["own_s"])
+    return {
+        "other_processes_cpu_share": round(max(0.0, other) / capacity, 4),
+        "steal_share": round(max(0.0, after["steal_s"] - before["steal_s"]) / capacity, 4),
+    }
 
 
 # ------------------------------------------------------------------------------ size, parameters, memory
@@ -692,9 +718,12 @@ def benchmark(
     order = schedule(list(runners), cfg.rounds, cfg.seed)
     sizes = {s: len(b) for s, b in inputs[TEACHER].items()}  # the same inputs for every variant
     slices = {s: round_slices(n, cfg.repeats, cfg.rounds) for s, n in sizes.items()}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_counters()
     times = run_rounds(runners, inputs, order, slices, log=log)
     timing_seconds = time.perf_counter() - t0
+    machine["timing_contention"] = contention(cpu0, cpu_counters(), timing_seconds, machine["usable_cores"])
+    log(f"benchmark: while timing, other processes used {_share(machine['timing_contention'], 'other_processes_cpu_share')} "
+        f"of the cores, steal {_share(machine['timing_contention'], 'steal_share')}")  # fmt: skip
     _latency_results(results, times, cfg, log)
     measured = [v for v in variants if v.name in runners]
     del runners
@@ -715,6 +744,10 @@ def benchmark(
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "variants": results,
     }
+
+
+def _share(d: dict, key: str) -> str:
+    return "n/a" if d.get(key) is None else f"{100 * d[key]:.1f}%"
 
 
 def _prepare(

@@ -482,7 +482,7 @@ class BenchmarkConfig(Section):
     large_batch: int = 32  # the second batch size timed
     large_batches: int = 8  # batches of large_batch random test sentences, every round
     repeats: int = 3  # each timed sentence and batch runs this many times per variant in total
-    rounds: int = 20  # those calls spread over this many interleaved rounds (every variant in each, order rotated)
+    rounds: int = 80  # those calls spread over this many interleaved rounds (every variant in each, order rotated)
     warmup: int = 10  # untimed calls per variant before the rounds (large batches: a quarter, at least 1)
     eval_batch_size: int = 64  # accuracy pass over the full test split
     peak_rss: bool = True  # peak resident memory of each variant, in a fresh child process

@@ -333,6 +333,22 @@ def variant_rows(bench: dict[str, Any]) -> tuple[list[str], list[str]]:
     return rows, skipped
 
 
+BUSY_SHARE = 0.05  # of the cores' time while timing, taken by other processes or by steal
+
+
+def busy_warning(machine: dict[str, Any]) -> list[str]:
+    """A warning when something else used the cores while the rounds ran (``timing_contention``)."""
+    c = machine.get("timing_contention") or {}
+    other, steal = c.get("other_processes_cpu_share"), c.get("steal_share")
+    if other is None and steal is None:
+        return []
+    if max(other or 0.0, steal or 0.0) <= BUSY_SHARE:
+        return []
+    return ["", f"> **Busy machine**: while the rounds ran, other processes used {100 * (other or 0):.1f}% of the "
+            f"{machine.get('usable_cores', '?')} cores' time and the hypervisor took {100 * (steal or 0):.1f}% (steal); "
+            "latency figures are noisier than usual (ratios from the same run are still comparable)."]  # fmt: skip
+
+
 def render_report(
     bench: dict[str, Any],
     selection: dict[str, Any] | None,
@@ -362,10 +378,7 @@ def render_report(
         "round, order rotated each round; ONNX Runtime threads stop spinning when a call returns, so one "
         "variant's idle threads do not hold the cores while the next is timed); percentiles pool every call.",
     ]
-    busy = max(m.get("load_average_1m_at_start", 0), m.get("load_average_1m_at_end", 0))
-    if busy > m.get("usable_cores", 1):
-        out += ["", f"> **Busy machine**: 1-minute load average reached {busy:.1f} on {m['usable_cores']} cores during "
-                "this run; latency figures are noisier than usual (ratios from the same run are still comparable)."]  # fmt: skip
+    out += busy_warning(m)
     out += ["", "## Selected engine", ""]
     if selection:
         sel = selection
