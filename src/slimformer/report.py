@@ -340,9 +340,7 @@ def busy_warning(machine: dict[str, Any]) -> list[str]:
     """A warning when something else used the cores while the rounds ran (``timing_contention``)."""
     c = machine.get("timing_contention") or {}
     other, steal = c.get("other_processes_cpu_share"), c.get("steal_share")
-    if other is None and steal is None:
-        return []
-    if max(other or 0.0, steal or 0.0) <= BUSY_SHARE:
+    if max(other or 0.0, steal or 0.0) <= BUSY_SHARE:  # None: not measured (not Linux, or an older file)
         return []
     return ["", f"> **Busy machine**: while the rounds ran, other processes used {100 * (other or 0):.1f}% of the "
             f"{machine.get('usable_cores', '?')} cores' time and the hypervisor took {100 * (steal or 0):.1f}% (steal); "
