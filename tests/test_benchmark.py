@@ -144,6 +144,27 @@ def test_cpu_counters_see_this_process_work():
     assert b["steal_s"] >= a["steal_s"]
 
 
+def test_pin_plan_gives_the_timing_thread_and_each_worker_its_own_core(monkeypatch):
+    monkeypatch.setattr(bm.os, "sched_getaffinity", lambda pid: {4, 5, 6}, raising=False)
+    assert bm.pin_plan(2) == {"pinned": True, "timing_core": 4, "ort_worker_cores": [5]}
+    assert bm.pin_plan(3)["ort_worker_cores"] == [5, 6]
+    assert not bm.pin_plan(4)["pinned"] and "3 usable core(s)" in bm.pin_plan(4)["reason"]
+    assert not bm.pin_plan(1)["pinned"]
+    assert bm.pin_plan(2, enabled=False) == {"pinned": False, "reason": "benchmark.pin_threads is false"}
+
+
+@pytest.mark.skipif(not hasattr(bm.os, "sched_setaffinity"), reason="thread affinity is Linux-only")
+def test_pinned_to_restores_the_affinity_even_on_error():
+    before = bm.os.sched_getaffinity(0)
+    core = min(before)
+    with pytest.raises(RuntimeError), bm.pinned_to(core):
+        assert bm.os.sched_getaffinity(0) == {core}
+        raise RuntimeError("inside")
+    assert bm.os.sched_getaffinity(0) == before
+    with bm.pinned_to(None):
+        assert bm.os.sched_getaffinity(0) == before
+
+
 def test_latency_sets_are_seeded_and_sized():
     cfg = BenchmarkConfig(batch1_samples=10, large_batch=8, large_batches=5, seed=1)
     a, b = bm.latency_sets(30, cfg), bm.latency_sets(30, cfg)
@@ -239,6 +260,8 @@ def test_tiny_engine_end_to_end_through_the_stage(tmp_path, tiny_bert_dir, data_
     assert 0 < e["zip_bytes"] and e["model_bytes"] < e["size_bytes"]
     assert e["peak_rss_mb"] > 0 and v[bm.TEACHER]["peak_rss_mb"] > 0 and res["settings"]["rss_method"] == bm.RSS_METHOD
     assert res["machine"]["threads_used"] == 1 and "avx2" in res["machine"]["cpu_flags"]
+    assert res["machine"]["pinning"]["pinned"] is False and "1 thread(s)" in res["machine"]["pinning"]["reason"]
+    assert set(res["machine"]["timing_contention"]) == {"other_processes_cpu_share", "steal_share"}
     assert len(res["settings"]["rounds_order"]) == 3 and not (tmp_path / "onestep").exists()
 
     # accuracy through ONNX Runtime, recomputed by hand from the engine's own logits, one sentence at a time

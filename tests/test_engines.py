@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,17 @@ def test_runner_contract_dynamic_shapes(tmp_path):
         out = runner(ids, mask)
         assert out.dtype == np.float32 and out.shape == (batch, 2)
         np.testing.assert_array_equal(out, sum_reference(ids, mask))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="thread affinity is Linux-only")
+def test_pinned_worker_threads_give_the_same_logits(tmp_path):
+    make_engine(tmp_path / "e")
+    core = min(os.sched_getaffinity(0))
+    runner = load_engine(tmp_path / "e", num_threads=2, worker_cores=(core,))  # ORT accepts the affinity string
+    ids = np.arange(12, dtype=np.int64).reshape(2, 6)
+    np.testing.assert_array_equal(runner(ids, np.ones_like(ids)), sum_reference(ids, np.ones_like(ids)))
+    with pytest.raises(ValueError, match="1 cores needed"):
+        load_engine(tmp_path / "e", num_threads=2, worker_cores=(core, core))
 
 
 def test_tampered_file_is_named(tmp_path):

@@ -134,10 +134,12 @@ def test_make_report_writes_rows_plot_data_and_best(tmp_path):
     v = standard_variants()
     v["final_int8_onnx"]["path"] = str(make_engine(tmp_path / "engines" / "final_int8_onnx", "final_int8_onnx"))
     bench = fake_bench(v)
+    bench["machine"]["pinning"] = {"pinned": True, "timing_core": 0, "ort_worker_cores": [1]}
     out = tmp_path / "reports"
     cfg = ReportConfig(entropy_batches=0)
     sel = rp.make_report(cfg, bench, out / "report.md", out / "pareto.png", out / "pareto.json", tmp_path / "best")
     assert sel["variant"] == "final_int8_onnx" and sel["copied_to"] == str(tmp_path / "best")
+    assert "calling thread ran on core 0 and ONNX Runtime's worker thread(s) on core(s) 1." in (out / "report.md").read_text()
     assert read_manifest(tmp_path / "best")["variant"] == "final_int8_onnx"
     text = (out / "report.md").read_text()
     for name, e in v.items():

@@ -39,6 +39,7 @@ import time
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,8 +220,9 @@ class TokenTypeZeros:
         return self.runner.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)
 
 
-def open_runner(variant: Variant, num_threads: int) -> Runner:
-    """The Runner of ``variant``: ``load_engine`` (sha256-verified) or the PyTorch model itself."""
+def open_runner(variant: Variant, num_threads: int, worker_cores: tuple[int, ...] = ()) -> Runner:
+    """The Runner of ``variant``: ``load_engine`` (sha256-verified) or the PyTorch model itself.
+    ``worker_cores`` pins ONNX Runtime's worker threads (see :func:`pin_plan`)."""
     if variant.kind == "pytorch":
         import torch  # noqa: PLC0415
 
@@ -229,7 +231,7 @@ def open_runner(variant: Variant, num_threads: int) -> Runner:
 
         torch.set_num_threads(num_threads)
         return TorchRunner(load_classifier(variant.path))
-    runner = load_engine(variant.path, num_threads)
+    runner = load_engine(variant.path, num_threads, worker_cores)
     if isinstance(runner, OrtRunner) and "token_type_ids" in runner.input_names:
         return TokenTypeZeros(runner)
     return runner
@@ -320,6 +322,39 @@ def run_rounds(
         if gc_was_enabled:
             gc.enable()
     return times
+
+
+def pin_plan(num_threads: int, enabled: bool = True) -> dict[str, Any]:
+    """Which core times the calls and which cores ONNX Runtime's workers use, or why nothing is pinned.
+
+    The timing thread is pinned to the first usable core and each of the ``num_threads - 1``
+    ONNX Runtime worker threads to one of the next cores, so a batch-1 call never waits for its
+    two threads to be put on the same core. Left to the scheduler on this 2-core machine, the
+    batch-1 speedups of the same engines varied by up to 15% from one process to the next;
+    pinned, within 5-7% (five processes each). PyTorch's own threads are not pinned.
+    """
+    if not enabled:
+        return {"pinned": False, "reason": "benchmark.pin_threads is false"}
+    if not hasattr(os, "sched_getaffinity"):
+        return {"pinned": False, "reason": "thread affinity is not available on this platform"}
+    cores = sorted(os.sched_getaffinity(0))
+    if num_threads < 2 or len(cores) < num_threads:
+        return {"pinned": False, "reason": f"{num_threads} thread(s) on {len(cores)} usable core(s): nothing to place"}
+    return {"pinned": True, "timing_core": cores[0], "ort_worker_cores": cores[1:num_threads]}
+
+
+@contextmanager
+def pinned_to(core: int | None):
+    """Run the block with the calling thread on ``core`` (None: unchanged); the affinity is restored after."""
+    if core is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})  # Linux: pid 0 is the calling thread; threads started earlier keep theirs
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def cpu_counters() -> dict[str, float] | None:
@@ -712,14 +747,17 @@ def benchmark(
     variants += engines
     results: dict[str, dict[str, Any]] = {v.name: _describe(v) for v in variants}
 
-    runners, inputs = _prepare(variants, results, labels, test, cfg, log)
+    machine["pinning"] = pin = pin_plan(cfg.num_threads, cfg.pin_threads)
+    workers = tuple(pin.get("ort_worker_cores", ()))
+    runners, inputs = _prepare(variants, results, labels, test, cfg, workers, log)
     for name, runner in runners.items():
         warm_up(runner, inputs[name], cfg.warmup)
     order = schedule(list(runners), cfg.rounds, cfg.seed)
     sizes = {s: len(b) for s, b in inputs[TEACHER].items()}  # the same inputs for every variant
     slices = {s: round_slices(n, cfg.repeats, cfg.rounds) for s, n in sizes.items()}
     t0, cpu0 = time.perf_counter(), cpu_counters()
-    times = run_rounds(runners, inputs, order, slices, log=log)
+    with pinned_to(pin.get("timing_core")):  # after the warm-up: PyTorch's threads, started by now, stay unpinned
+        times = run_rounds(runners, inputs, order, slices, log=log)
     timing_seconds = time.perf_counter() - t0
     machine["timing_contention"] = contention(cpu0, cpu_counters(), timing_seconds, machine["usable_cores"])
     log(f"benchmark: while timing, other processes used {_share(machine['timing_contention'], 'other_processes_cpu_share')} "
@@ -751,7 +789,13 @@ def _share(d: dict, key: str) -> str:
 
 
 def _prepare(
-    variants: list[Variant], results: dict[str, dict[str, Any]], labels: list[str], test, cfg: BenchmarkConfig, log
+    variants: list[Variant],
+    results: dict[str, dict[str, Any]],
+    labels: list[str],
+    test,
+    cfg: BenchmarkConfig,
+    worker_cores: tuple[int, ...],
+    log,
 ) -> tuple[dict[str, Runner], dict[str, dict[str, Batches]]]:
     """Open every runnable variant; fill in accuracy, size and parameters; tokenize its timed batches."""
     from slimformer.modeling import load_tokenizer  # noqa: PLC0415
@@ -767,7 +811,7 @@ def _prepare(
             continue
         _check_labels(v, labels)
         try:
-            runner = open_runner(v, cfg.num_threads)  # engines: every sha256 verified first
+            runner = open_runner(v, cfg.num_threads, worker_cores)  # engines: every sha256 verified first
         except EngineSkipped as e:  # e.g. a TensorRT engine built elsewhere, measured on a machine without CUDA
             r |= {"status": "skipped", "reason": f"cannot run on this machine: {e}"}
             continue

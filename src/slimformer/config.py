@@ -485,6 +485,7 @@ class BenchmarkConfig(Section):
     rounds: int = 80  # those calls spread over this many interleaved rounds (every variant in each, order rotated)
     warmup: int = 10  # untimed calls per variant before the rounds (large batches: a quarter, at least 1)
     eval_batch_size: int = 64  # accuracy pass over the full test split
+    pin_threads: bool = True  # timing thread and ONNX Runtime workers each on their own core (Linux; see pin_plan)
     peak_rss: bool = True  # peak resident memory of each variant, in a fresh child process
     zip_level: int = 6  # DEFLATE level of the zip-compressed size
     onestep: Literal["optimum", "onnxruntime", "none"] = "optimum"  # how the one-step int8 baseline is built

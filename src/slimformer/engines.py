@@ -206,7 +206,9 @@ class OrtRunner:
 
     runtime = "onnxruntime-cpu"
 
-    def __init__(self, path: Path, num_threads: int = 2) -> None:
+    def __init__(self, path: Path, num_threads: int = 2, worker_cores: tuple[int, ...] = ()) -> None:
+        """``worker_cores``: the core (0-based, as ``os.sched_getaffinity`` names them) each of the
+        ``num_threads - 1`` worker threads is pinned to; empty = the scheduler places them."""
         import onnxruntime as ort  # noqa: PLC0415
 
         opts = ort.SessionOptions()
@@ -214,6 +216,11 @@ class OrtRunner:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.force_spinning_stop", "1")
+        if worker_cores:
+            if len(worker_cores) != num_threads - 1:
+                raise ValueError(f"worker_cores: {num_threads - 1} cores needed (one per worker thread), got {worker_cores}")
+            # ORT numbers logical processors from 1; ";" separates threads (the caller's thread is not pinned by ORT)
+            opts.add_session_config_entry("session.intra_op_thread_affinities", ";".join(str(c + 1) for c in worker_cores))
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
@@ -272,15 +279,15 @@ class TorchRunner:
         return out.logits.float().numpy()
 
 
-def _onnx_runner(engine_dir: Path, manifest: dict, num_threads: int) -> Runner:
-    return OrtRunner(engine_dir / ENGINE_FILES["onnx"], num_threads)
+def _onnx_runner(engine_dir: Path, manifest: dict, num_threads: int, worker_cores: tuple[int, ...] = ()) -> Runner:
+    return OrtRunner(engine_dir / ENGINE_FILES["onnx"], num_threads, worker_cores)
 
 
-def _torchscript_runner(engine_dir: Path, manifest: dict, num_threads: int) -> Runner:
+def _torchscript_runner(engine_dir: Path, manifest: dict, num_threads: int, worker_cores: tuple[int, ...] = ()) -> Runner:
     return TorchScriptRunner(engine_dir / ENGINE_FILES["torchscript"], num_threads)
 
 
-def _tensorrt_runner(engine_dir: Path, manifest: dict, num_threads: int) -> Runner:
+def _tensorrt_runner(engine_dir: Path, manifest: dict, num_threads: int, worker_cores: tuple[int, ...] = ()) -> Runner:
     from slimformer import tensorrt  # noqa: PLC0415
 
     ok, reason = tensorrt.availability(int(manifest.get("device", 0)))
@@ -289,15 +296,16 @@ def _tensorrt_runner(engine_dir: Path, manifest: dict, num_threads: int) -> Runn
     return tensorrt.TensorRTRunner(engine_dir / ENGINE_FILES["tensorrt"], int(manifest.get("device", 0)))
 
 
-# Runner factories by manifest "format": fn(engine_dir, manifest, num_threads) -> Runner.
-RUNNERS: dict[str, Callable[[Path, dict, int], Runner]] = {
+# Runner factories by manifest "format": fn(engine_dir, manifest, num_threads, worker_cores) -> Runner
+# (worker_cores pins ONNX Runtime's worker threads; the other runtimes ignore it).
+RUNNERS: dict[str, Callable[[Path, dict, int, tuple[int, ...]], Runner]] = {
     "onnx": _onnx_runner,
     "torchscript": _torchscript_runner,
     "tensorrt": _tensorrt_runner,
 }
 
 
-def load_engine(engine_dir: str | Path, num_threads: int = 2) -> Runner:
+def load_engine(engine_dir: str | Path, num_threads: int = 2, worker_cores: tuple[int, ...] = ()) -> Runner:
     """Verify ``engine_dir`` (sha256 of every file, ONNX checker) and return its Runner.
 
     A skipped engine raises EngineSkipped carrying the manifest's reason.
@@ -306,7 +314,7 @@ def load_engine(engine_dir: str | Path, num_threads: int = 2) -> Runner:
     manifest = verify_engine(engine_dir)
     if manifest["status"] != "ok":
         raise EngineSkipped(f"{engine_dir}: engine was skipped: {manifest.get('reason', 'no reason recorded')}")
-    return RUNNERS[manifest["format"]](engine_dir, manifest, num_threads)
+    return RUNNERS[manifest["format"]](engine_dir, manifest, num_threads, worker_cores)
 
 
 def index_engines(root: str | Path) -> dict[str, Any]:

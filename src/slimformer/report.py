@@ -376,6 +376,10 @@ def render_report(
         "round, order rotated each round; ONNX Runtime threads stop spinning when a call returns, so one "
         "variant's idle threads do not hold the cores while the next is timed); percentiles pool every call.",
     ]
+    pin = m.get("pinning") or {}
+    if pin.get("pinned"):
+        out[-1] += (f" While timing, the calling thread ran on core {pin['timing_core']} and ONNX Runtime's worker "
+                    f"thread(s) on core(s) {', '.join(map(str, pin['ort_worker_cores']))}.")  # fmt: skip
     out += busy_warning(m)
     out += ["", "## Selected engine", ""]
     if selection:
