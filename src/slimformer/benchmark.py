@@ -328,10 +328,10 @@ def pin_plan(num_threads: int, enabled: bool = True) -> dict[str, Any]:
     """Which core times the calls and which cores ONNX Runtime's workers use, or why nothing is pinned.
 
     The timing thread is pinned to the first usable core and each of the ``num_threads - 1``
-    ONNX Runtime worker threads to one of the next cores, so a batch-1 call never waits for its
-    two threads to be put on the same core. Left to the scheduler on this 2-core machine, the
-    batch-1 speedups of the same engines varied by up to 15% from one process to the next;
-    pinned, within 5-7% (five processes each). PyTorch's own threads are not pinned.
+    ONNX Runtime worker threads to one of the next cores, so the scheduler cannot stack a call's
+    threads on one core. Left to the scheduler on this 2-core machine, the batch-1 speedups of
+    the same engines varied by up to 15% from one process to the next (six processes); pinned,
+    by 4 to 7% (five). PyTorch's own threads are not pinned.
     """
     if not enabled:
         return {"pinned": False, "reason": "benchmark.pin_threads is false"}
