@@ -18,7 +18,9 @@ def _stage(tmp_path: Path, tiny_bert_dir: Path, tiny_rows) -> tuple[list[str], P
     data = tmp_path / "data"
     prepare(DataConfig(source=str(write_jsonl(tmp_path / "rows.jsonl", tiny_rows)), min_rows_per_class=5), data)
     params = tmp_path / "params.yaml"
-    train = {"epochs": 3, "batch_size": 8, "max_length": 32, "num_threads": 1}
+    # batch 2: enough steps per epoch that a signal sent after a checkpoint lands mid-training even on
+    # a loaded machine (batch 8 under the full suite: the stage once finished before SIGINT, exit 0)
+    train = {"epochs": 3, "batch_size": 2, "max_length": 32, "num_threads": 1}
     params.write_text(yaml.safe_dump({"teacher": {"checkpoint": str(tiny_bert_dir), "train": train}}))
     out = tmp_path / "out"
     cmd = [
