@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,14 @@ def tiny_bert_dir(tmp_path_factory, minilm_path) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _sigint_raises_keyboard_interrupt():
+    """Every test starts with Python's own SIGINT handler. DVC's in-process stage runner sets SIGINT to
+    SIG_IGN and puts the old handler back only if it is truthy (dvc/stage/run.py), so SIG_DFL is never
+    restored; a stage process started later inherits the ignore and shrugs off Ctrl-C (seen as the
+    interrupt tests' stage exiting 0 under the full suite)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
