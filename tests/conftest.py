@@ -75,10 +75,10 @@ def tiny_bert_dir(tmp_path_factory, minilm_path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _sigint_raises_keyboard_interrupt():
-    """Every test starts with Python's own SIGINT handler. DVC's in-process stage runner sets SIGINT to
-    SIG_IGN and puts the old handler back only if it is truthy (dvc/stage/run.py), so SIG_DFL is never
-    restored; a stage process started later inherits the ignore and shrugs off Ctrl-C (seen as the
-    interrupt tests' stage exiting 0 under the full suite)."""
+    """Every test starts with Python's own SIGINT handler, whatever an earlier test in the same worker
+    left behind: under the full suite the interrupt tests' stage once shrugged off SIGINT and exited 0
+    (a child inherits an ignored SIGINT; which test left it so was not pinned down). DVC's stage runner,
+    for one, sets SIG_IGN and restores only a truthy old handler (dvc/stage/run.py), never SIG_DFL."""
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, old)
