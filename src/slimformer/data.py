@@ -151,22 +151,38 @@ def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
 def stratified_split(
     examples: list[Example], fractions: tuple[float, ...], seed: int
 ) -> dict[str, list[Example]]:
-    """Split each class by ``fractions`` (train, val, test) after a seeded shuffle."""
-    rng = random.Random(seed)
-    by_class: dict[int, list[Example]] = {}
-    for ex in examples:
-        by_class.setdefault(ex.label, []).append(ex)
-    out: dict[str, list[Example]] = {s: [] for s in SPLITS}
-    for label in sorted(by_class):
-        items = by_class[label]
-        rng.shuffle(items)
-        n_val = max(1, round(fractions[1] * len(items)))
-        n_test = max(1, round(fractions[2] * len(items)))
-        out["val"] += items[:n_val]
-        out["test"] += items[n_val : n_val + n_test]
-        out["train"] += items[n_val + n_test :]
-    for split in out.values():
-        rng.shuffle(split)
+    """Split by ``fractions`` (train, val, test), every split keeping the class proportions.
+
+    Two stratified ``sklearn.model_selection.train_test_split`` calls with
+    ``random_state=seed``: val + test come off the whole set, then are cut into val and
+    test. This is the split the usual reference figures are quoted on: TF-IDF + logistic
+    regression scores 0.766 on its default test split (the figure issue 2 quotes), 0.772
+    on the per-class shuffle this function used before.
+    """
+    from sklearn.model_selection import train_test_split  # ~1 s import; only prepare needs it
+
+    _, f_val, f_test = fractions
+    try:
+        train, rest = train_test_split(
+            examples, test_size=f_val + f_test, stratify=[ex.label for ex in examples], random_state=seed
+        )
+        val, test = train_test_split(
+            rest, test_size=f_test / (f_val + f_test), stratify=[ex.label for ex in rest], random_state=seed
+        )
+    except ValueError as e:  # a class too small to reach every split
+        raise DataError(
+            f"data.split={list(fractions)}: {len(examples)} rows cannot be split keeping every class in "
+            f"every split ({e}); add rows, raise the val/test fractions or data.min_rows_per_class"
+        ) from e
+    out = {"train": list(train), "val": list(val), "test": list(test)}
+    labels = {ex.label for ex in examples}
+    for name, items in out.items():
+        missing = labels - {ex.label for ex in items}
+        if missing:
+            raise DataError(
+                f"data.split={list(fractions)}: the {name} split of {len(examples)} rows gets no row of "
+                f"class id(s) {sorted(missing)}; add rows, raise its fraction or data.min_rows_per_class"
+            )
     return out
 
 
