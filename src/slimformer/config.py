@@ -480,7 +480,7 @@ class BenchmarkConfig(Section):
     num_threads: int = 2  # intra-op threads of every runtime (fixed, so runs compare)
     batch1_samples: int = 200  # test sentences timed one at a time, every round
     large_batch: int = 32  # the second batch size timed
-    large_batches: int = 8  # batches of large_batch random test sentences, every round
+    large_batches: int = 16  # batches of large_batch random test sentences, every round
     repeats: int = 3  # each timed sentence and batch runs this many times per variant in total
     rounds: int = 80  # those calls spread over this many interleaved rounds (every variant in each, order rotated)
     warmup: int = 10  # untimed calls per variant before the rounds (large batches: a quarter, at least 1)
