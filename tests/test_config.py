@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slimformer.config import SECTIONS, DataConfig, TeacherConfig, TrainConfig, load_params, load_section
+from slimformer.config import SECTIONS, DataConfig, TeacherConfig, TrainConfig, load_all, load_params, load_section
 from slimformer.errors import ConfigError
 
 from conftest import REPO
@@ -69,3 +69,23 @@ def test_unknown_section_and_bad_file(tmp_path: Path):
         load_section("teacher", p)
     with pytest.raises(ConfigError, match="params file not found"):
         load_section("teacher", tmp_path / "missing.yaml")
+
+
+def test_load_all_checks_every_section(tmp_path: Path):
+    raw = load_params(REPO / "params.yaml")
+    assert set(load_all(REPO / "params.yaml")) == set(SECTIONS)
+    raw["quantize"]["qatt"] = raw["quantize"].pop("qat")  # a key no stage's params list names
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"quantize\.qatt: unknown key \(did you mean quantize\.qat\?\)"):
+        load_all(p)
+
+
+def test_check_params_stage_guards_the_whole_pipeline():
+    """Stage params name sections, so only a stage tracking the whole file sees a misspelled
+    section; ``prepare`` (upstream of every other stage) depends on its out."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    check = stages["check_params"]
+    assert {"params.yaml": None} in check["params"]
+    (out,) = check["outs"][0]  # {path: {persist: true}}
+    assert out in stages["prepare"]["deps"]

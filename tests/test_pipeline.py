@@ -46,19 +46,29 @@ def test_second_repro_is_up_to_date(repo: Path):
     assert "Running stage" not in out
 
 
-def test_misspelled_key_fails_naming_it(repo: Path):
+@pytest.mark.parametrize(
+    "misspell, message",
+    [
+        (lambda p: p["teacher"]["train"].update(epohcs=p["teacher"]["train"].pop("epochs")),
+         "teacher.train.epohcs: unknown key (did you mean teacher.train.epochs?)"),
+        # no stage's params list names these: only check_params (params: params.yaml) sees them
+        (lambda p: p.update(becnhmark=p.pop("benchmark")), "becnhmark: unknown params section (did you mean benchmark?)"),
+        (lambda p: p["quantize"].update(qatt=p["quantize"].pop("qat")), "quantize.qatt: unknown key (did you mean quantize.qat?)"),
+    ],
+    ids=["key", "section", "untracked-key"],
+)  # fmt: skip
+def test_misspelled_key_fails_naming_it(repo: Path, misspell, message):
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["teacher"]["train"]["epohcs"] = params["teacher"]["train"].pop("epochs")
+    misspell(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         proc = run(["dvc", "repro"], repo, check=False)
         assert proc.returncode != 0
-        assert "teacher.train.epohcs: unknown key (did you mean teacher.train.epochs?)" in proc.stderr + proc.stdout
+        assert message in proc.stderr + proc.stdout
+        assert "Running stage 'check_params'" in proc.stdout and "Running stage 'prepare'" not in proc.stdout
     finally:
         run(["git", "checkout", "--", "."], repo)
-    # DVC clears a stage's outs before running it; the last good ones stay in its cache
-    # (models) and in git (metrics files, cache: false).
-    run(["dvc", "checkout"], repo)
+    # check_params failed before any other stage ran, so no stage cleared its outs
     assert (repo / "artifacts/models/teacher/model.safetensors").is_file()
     assert "up to date" in run(["dvc", "status"], repo).stdout
 

@@ -572,3 +572,9 @@ def load_section(name: str, path: str | Path = "params.yaml") -> Section:
     """Load and validate one section of ``params.yaml`` (the whole file is checked for unknown sections)."""
     raw = load_params(path)
     return SECTIONS[name].from_dict(raw.get(name), prefix=name)
+
+
+def load_all(path: str | Path = "params.yaml") -> dict[str, Section]:
+    """Validate every section of ``params.yaml`` at once; the first problem is a ConfigError."""
+    raw = load_params(path)
+    return {name: cls.from_dict(raw.get(name), prefix=name) for name, cls in SECTIONS.items()}

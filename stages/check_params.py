@@ -1,0 +1,37 @@
+"""DVC stage: validate the whole of params.yaml before any other stage runs (params: all).
+
+Every other stage reads only its own section, and DVC reruns a stage only when that
+section changes, so a misspelled section name (``becnhmark:``) or a key no stage tracks
+would otherwise be ignored without a word. This stage tracks every param in the file;
+``prepare`` depends on its out, so a bad key stops ``dvc repro`` before any stage clears
+its outputs or starts work. The out only lists the checked sections: it stays the same
+when values change, and so never reruns anything downstream by itself; it is a persist
+out, so a failed check leaves the last good one in place.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from slimformer.cli import stage_main
+from slimformer.config import load_all
+
+parser = argparse.ArgumentParser(prog="check_params.py", description=__doc__.splitlines()[0])
+parser.add_argument("--params", default="params.yaml")
+parser.add_argument("--out", required=True, help="JSON file naming the sections that passed")
+
+
+def run(args: argparse.Namespace) -> None:
+    sections = load_all(args.params)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"params": Path(args.params).name, "sections": sorted(sections)}, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"check_params: {args.params}: {len(sections)} sections valid ({', '.join(sections)})")
+
+
+main = stage_main(run, parser)
+
+if __name__ == "__main__":
+    main()
