@@ -10,11 +10,11 @@ out, so a failed check leaves the last good one in place.
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from slimformer.cli import stage_main
 from slimformer.config import load_all
+from slimformer.io import write_json
 
 parser = argparse.ArgumentParser(prog="check_params.py", description=__doc__.splitlines()[0])
 parser.add_argument("--params", default="params.yaml")
@@ -23,11 +23,7 @@ parser.add_argument("--out", required=True, help="JSON file naming the sections 
 
 def run(args: argparse.Namespace) -> None:
     sections = load_all(args.params)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"params": Path(args.params).name, "sections": sorted(sections)}, indent=2) + "\n")
-    tmp.replace(out)
+    write_json(args.out, {"params": Path(args.params).name, "sections": sorted(sections)})
     print(f"check_params: {args.params}: {len(sections)} sections valid ({', '.join(sections)})")
 
 
