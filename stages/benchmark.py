@@ -3,7 +3,7 @@
 import argparse
 
 from slimformer.benchmark import TEACHER, benchmark
-from slimformer.cli import stage_main, torch_threads
+from slimformer.stage import stage_main, torch_threads
 from slimformer.config import load_section
 from slimformer.io import write_json
 

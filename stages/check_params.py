@@ -12,7 +12,7 @@ out, so a failed check leaves the last good one in place.
 import argparse
 from pathlib import Path
 
-from slimformer.cli import stage_main
+from slimformer.stage import stage_main
 from slimformer.config import load_all
 from slimformer.io import write_json
 

@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from slimformer import tensorrt
-from slimformer.cli import stage_main, torch_threads
+from slimformer.stage import stage_main, torch_threads
 from slimformer.config import load_section
 from slimformer.engines import engine_metrics
 from slimformer.io import write_json

@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from slimformer.cli import stage_main
+from slimformer.stage import stage_main
 from slimformer.config import load_section
 from slimformer.data import prepare
 

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from slimformer import distributed
-from slimformer.cli import EpochCurves, stage_main, torch_threads
+from slimformer.stage import EpochCurves, stage_main, torch_threads
 from slimformer.config import load_section
 from slimformer.io import write_json
 from slimformer.prune import prune_dynamic

@@ -7,7 +7,7 @@ fused graph (quantize_ptq_fused asks for the dynamic one, where Attention become
 import argparse
 from pathlib import Path
 
-from slimformer.cli import stage_main
+from slimformer.stage import stage_main
 from slimformer.config import load_section
 from slimformer.io import write_json
 from slimformer.quantize import ptq

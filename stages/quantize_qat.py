@@ -2,7 +2,7 @@
 
 import argparse
 
-from slimformer.cli import EpochCurves, stage_main, torch_threads
+from slimformer.stage import EpochCurves, stage_main, torch_threads
 from slimformer.config import load_section
 from slimformer.io import write_json
 from slimformer.qat import qat

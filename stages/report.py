@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from slimformer.cli import stage_main, torch_threads
+from slimformer.stage import stage_main, torch_threads
 from slimformer.config import load_section
 from slimformer.errors import DataError
 from slimformer.io import write_json

@@ -2,7 +2,7 @@
 
 import argparse
 
-from slimformer.cli import stage_main, torch_threads
+from slimformer.stage import stage_main, torch_threads
 from slimformer.config import load_section
 from slimformer.distill import cache_teacher_logits
 from slimformer.io import write_json

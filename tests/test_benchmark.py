@@ -280,6 +280,30 @@ def test_tiny_engine_end_to_end_through_the_stage(tmp_path, tiny_bert_dir, data_
     assert e["accuracy"] == pytest.approx(float((preds == labels).mean()))
     f1 = [2 * ((preds == c) & (labels == c)).sum() / max((preds == c).sum() + (labels == c).sum(), 1) for c in (0, 1)]
     assert e["macro_f1"] == pytest.approx(float(np.mean(f1)))
+    # a float engine predicts alike one sentence at a time and in padded batches
+    assert e["batch_agreement"] == 1.0 and e["accuracy_padded"] == e["accuracy"] and e["batch_disagreements"] == 0
+
+
+class BatchDependent:
+    """A runner whose prediction for a row depends on its batch: class 1 alone, class 0 in a batch of several."""
+
+    runtime = "fake"
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        logits = np.zeros((len(input_ids), 2), dtype=np.float32)
+        logits[:, 1 if len(input_ids) == 1 else 0] = 1.0
+        return logits
+
+
+def test_accuracy_is_measured_one_sentence_a_call_and_in_padded_batches(tiny_bert_dir):
+    from slimformer.data import Example
+    from slimformer.modeling import load_tokenizer
+
+    examples = [Example(f"a film number {i}" + " long" * (i % 5), int(i < 7)) for i in range(10)]  # 7 of class 1
+    got = bm.accuracy(BatchDependent(), load_tokenizer(tiny_bert_dir), examples, BenchmarkConfig(eval_batch_size=4))
+    # as served every row is alone (class 1): 7 of 10 right; in padded batches of 4, 4 and 2 every row is class 0
+    assert got["accuracy"] == pytest.approx(0.7) and got["accuracy_padded"] == pytest.approx(0.3)
+    assert got["batch_agreement"] == 0.0 and got["batch_disagreements"] == 10 and got["test_rows"] == 10
 
 
 def test_peak_rss_is_measured_in_a_child_that_imports_only_the_runtime(tmp_path, tiny_bert_dir):

@@ -82,6 +82,21 @@ def test_selects_fastest_within_budget_and_says_why():
     assert ONESTEP in excluded and TEACHER in excluded
 
 
+def test_budget_judges_the_lower_of_batch1_and_padded_accuracy():
+    v = standard_variants()
+    v["final_int8_onnx"]["accuracy_padded"] = 0.825  # fine one sentence at a time, 1.5 points down in padded batches
+    v["final_int8_onnx"]["batch_agreement"] = 0.98
+    sel = rp.select_engine(fake_bench(v), SelectConfig(max_accuracy_drop=0.01))
+    assert sel["variant"] == "final_fp32_onnx"
+    row = {r["variant"]: r for r in sel["considered"]}["final_int8_onnx"]
+    assert row["qualifies"] is False and row["accuracy"] == 0.825 and row["accuracy_batch1"] == 0.832
+    assert "final_int8_onnx (0.8250)" in sel["why"]
+    v["final_int8_onnx"]["accuracy_padded"] = 0.835  # the lower figure is now batch 1: qualifies again
+    sel = rp.select_engine(fake_bench(v), SelectConfig(max_accuracy_drop=0.01))
+    assert sel["variant"] == "final_int8_onnx" and sel["accuracy"] == 0.832 and sel["accuracy_padded"] == 0.835
+    assert sel["batch_agreement"] == 0.98 and sel["accuracy_drop"] == pytest.approx(0.008)
+
+
 def test_looser_budget_picks_the_faster_lossy_engine():
     sel = rp.select_engine(fake_bench(standard_variants()), SelectConfig(max_accuracy_drop=0.05))
     assert sel["variant"] == "too_lossy_int8"

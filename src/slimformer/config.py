@@ -344,8 +344,8 @@ class DynamicPTQConfig(Section):
 class StaticPTQConfig(Section):
     """``quantize.ptq.static``: int8 weights and activations with ranges calibrated on training batches."""
 
-    calibration: Literal["minmax", "entropy", "percentile"] = "percentile"  # MiniLM: best of the three (measured)
-    percentile: float = 99.99  # only for calibration=percentile
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = 99.999  # only for calibration=percentile
     num_batches: int = 16  # calibration batches drawn from the training split
     batch_size: int = 16
     per_channel: bool = True
