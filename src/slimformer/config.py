@@ -395,7 +395,9 @@ class QATConfig(Section):
     ema_decay: float = 0.9
     per_channel: bool = True  # weight fake-quant (symmetric int8), as the ONNX weights will be quantized
     quantize_embeddings: bool = True  # fake-quant the embedding tables, as the int8 Gathers will be
-    calibration_batches: int = 16  # ranges of the tensors QAT did not learn, and the PTQ-static baseline
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"  # ranges of the tensors QAT did not learn
+    calibration_batches: int = 16  # ... over this many training batches (QAT's initial ranges and its PTQ-static baseline)
+    calibration_batch_size: int = 16
     train: TrainConfig = TrainConfig(epochs=1, lr=1e-5, warmup_ratio=0.0)
 
     def __post_init__(self) -> None:
@@ -404,6 +406,7 @@ class QATConfig(Section):
         check(self.observer_steps >= 1, "observer_steps", "an integer >= 1", self.observer_steps)
         check(0 < self.ema_decay < 1, "ema_decay", "a number in (0, 1)", self.ema_decay)
         check(self.calibration_batches >= 1, "calibration_batches", "an integer >= 1", self.calibration_batches)
+        check(1 <= self.calibration_batch_size <= 1024, "calibration_batch_size", "an integer in [1, 1024]", self.calibration_batch_size)
         check(self.train.nproc == 1, "train.nproc", "1 (QAT runs in one process)", self.train.nproc)
 
 

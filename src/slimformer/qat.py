@@ -52,7 +52,6 @@ VARIANT = "qat_int8_onnx"
 # int8 inputs and weights, float MatMul outputs: what the fake quantization simulates. Measured on the
 # 2-layer student: requantizing MatMul outputs too (QOperator) lost 0.9 test points of what QAT gained.
 QAT_FORM = "qdq_float_output"
-CALIBRATION_BATCH = 16  # rows per calibration batch, for QAT's initial ranges and ORT's calibration alike
 
 
 class FakeQuantLinear(nn.Module):
@@ -202,7 +201,7 @@ def range_overrides(onnx_path: Path, model: nn.Module, ranges: dict[str, tuple[f
 
 def _static_cfg(cfg: QATConfig) -> StaticPTQConfig:
     """The static quantization both QAT and its PTQ baseline use (same calibration batches)."""
-    return StaticPTQConfig(calibration="minmax", num_batches=cfg.calibration_batches, batch_size=CALIBRATION_BATCH,
+    return StaticPTQConfig(calibration=cfg.calibration, num_batches=cfg.calibration_batches, batch_size=cfg.calibration_batch_size,
                            per_channel=cfg.per_channel, op_types=("MatMul", "Gather") if cfg.quantize_embeddings else ("MatMul",),
                            linear_only=True, seed=cfg.train.seed)  # fmt: skip
 
@@ -243,8 +242,9 @@ def finetune(
     """
     t = cfg.train
     linears = wrap(model, cfg)
-    rows = np.random.default_rng(t.seed).permutation(len(splits["train"]))[: cfg.calibration_batches * CALIBRATION_BATCH]
-    calibrate(model, splits["train"], pad, [rows[i : i + CALIBRATION_BATCH].tolist() for i in range(0, len(rows), CALIBRATION_BATCH)])
+    size = cfg.calibration_batch_size
+    rows = np.random.default_rng(t.seed).permutation(len(splits["train"]))[: cfg.calibration_batches * size]
+    calibrate(model, splits["train"], pad, [rows[i : i + size].tolist() for i in range(0, len(rows), size)])
     loss = KDLoss(teacher_logits=targets, alpha=cfg.alpha, temperature=cfg.temperature)
     result = fit(model, splits["train"], splits["val"], t, pad, ckpt_dir, fingerprint, loss_fn=loss, on_epoch=on_epoch, desc="qat")
     return linears, result
