@@ -8,6 +8,7 @@ allowed. Configs round-trip through plain dicts (``to_dict``/``from_dict``).
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import types
@@ -125,6 +126,14 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
+def _is_codec(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
 def check(ok: bool, key: str, allowed: str, value: Any) -> None:
     """Raise ``ConfigError('<key>: got <value>, allowed: <allowed>')`` unless ``ok``."""
     if not ok:
@@ -141,6 +150,7 @@ class DataConfig(Section):
     source: str = "rotten_tomatoes"  # the packaged corpus, or a path to a .csv/.jsonl file
     text_column: str = "text"
     label_column: str = "label"
+    encoding: str = "utf-8"  # of a user file (a UTF-8 byte-order mark is dropped); latin-1, cp1252, utf-16, ...
     labels: tuple[str, ...] = ("rotten", "fresh")  # index = class id
     split: tuple[float, ...] = (0.8, 0.1, 0.1)  # train, val, test
     min_rows_per_class: int = 10
@@ -155,6 +165,7 @@ class DataConfig(Section):
         check(len(set(self.labels)) == len(self.labels), "labels", "distinct label names", list(self.labels))
         check(self.min_rows_per_class >= 3, "min_rows_per_class", "an integer >= 3", self.min_rows_per_class)
         check(self.max_rows >= 0, "max_rows", "0 (all rows) or a positive integer", self.max_rows)
+        check(_is_codec(self.encoding), "encoding", "a Python codec name (utf-8, latin-1, cp1252, utf-16, ...)", self.encoding)
 
 
 @dataclasses.dataclass(frozen=True)
