@@ -89,3 +89,71 @@ def test_check_params_stage_guards_the_whole_pipeline():
     assert {"params.yaml": None} in check["params"]
     (out,) = check["outs"][0]  # {path: {persist: true}}
     assert out in stages["prepare"]["deps"]
+
+
+# ------------------------------------------------------- what a hand-edited params.yaml brings
+
+
+def _params(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("teacher:\n  train:\n    epochs: 2\n    lr: 5.0e-5\n    epochs: 50\n",
+         "teacher.train.epochs: duplicate key, on line 3 and line 5; keep one"),
+        ("data:\n  seed: 0\nteacher: {}\ndata:\n  seed: 1\n", "data: duplicate key, on line 1 and line 4"),
+        ("data:\n  labels: [a, b]\n  1: x\n", "line 3: data.1: keys must be strings"),
+        ("data:\n  seed: 0\n  [a, b]: x\n", "line 3: data.tag:yaml.org,2002:seq: keys must be strings"),
+    ],
+    ids=["duplicate-nested", "duplicate-section", "int-key", "list-key"],
+)
+def test_params_file_keys_are_strict(tmp_path: Path, text: str, message: str):
+    p = _params(tmp_path, text)
+    for load in (load_params, load_all, lambda path: load_section("data", path)):
+        with pytest.raises(ConfigError) as e:
+            load(p)
+        assert str(e.value).startswith(f"{p}: ") and message in str(e.value), str(e.value)
+
+
+def test_yaml_merge_keys_may_override(tmp_path: Path):
+    p = _params(tmp_path, "data:\n  <<: {seed: 1, max_rows: 5}\n  seed: 2\n")
+    assert load_section("data", p) == DataConfig(seed=2, max_rows=5)
+
+
+def test_mixed_type_keys_are_a_config_error_not_a_type_error():
+    with pytest.raises(ConfigError, match=r"teacher\.train\.1: keys must be strings, got int"):
+        TeacherConfig.from_dict({"train": {"epochs": 2, 1: 3}}, prefix="teacher")
+
+
+@pytest.mark.parametrize(
+    "section, raw, message",
+    [
+        ("distill", {"hidden_weight": float("inf")}, "distill.hidden_weight: got inf, allowed: a finite number"),
+        ("teacher", {"train": {"max_grad_norm": float("inf")}}, "teacher.train.max_grad_norm: got inf, allowed: a finite"),
+        ("quantize", {"qat": {"temperature": float("inf")}}, "quantize.qat.temperature: got inf, allowed: a finite"),
+        ("teacher", {"train": {"lr": float("nan")}}, "teacher.train.lr: got nan, allowed: a finite"),
+        ("teacher", {"train": {"lr": "-inf"}}, "teacher.train.lr: got '-inf', allowed: a finite"),
+        ("data", {"seed": -1}, "data.seed: got -1, allowed: an integer in [0, 4294967295]"),
+        ("data", {"seed": 2**32}, "data.seed: got 4294967296, allowed: an integer in [0, 4294967295]"),
+        ("teacher", {"train": {"seed": -1}}, "teacher.train.seed: got -1, allowed: an integer in [0, 4294967295]"),
+        ("distill", {"augment": {"seed": -3}}, "distill.augment.seed: got -3"),
+        ("teacher", {"train": {"num_threads": 100_000_000}}, "teacher.train.num_threads: got 100000000, allowed: an integer in [1, 1024]"),
+        ("benchmark", {"num_threads": 0}, "benchmark.num_threads: got 0, allowed: an integer in [1, 1024]"),
+        ("export", {"num_threads": 2048}, "export.num_threads: got 2048"),
+    ],
+)
+def test_non_finite_numbers_and_out_of_range_ints_name_the_key(section, raw, message):
+    with pytest.raises(ConfigError) as e:
+        SECTIONS[section].from_dict(raw, prefix=section)
+    assert message in str(e.value), str(e.value)
+
+
+def test_yaml_inf_in_params_file_is_refused_by_check_params_loader(tmp_path: Path):
+    p = _params(tmp_path, "distill:\n  hidden_weight: .inf\n")
+    with pytest.raises(ConfigError, match=r"distill\.hidden_weight: got inf, allowed: a finite number"):
+        load_all(p)
+    assert TrainConfig.from_dict({"seed": 2**32 - 1, "num_threads": 1024}).seed == 2**32 - 1  # the bounds are inclusive

@@ -141,3 +141,41 @@ def test_runner_registry_and_index(tmp_path):
     assert index["a"]["engine_bytes"] == (tmp_path / "a" / "model.onnx").stat().st_size
     assert index["b"] == {"format": "tensorrt", "precision": "int8", "status": "skipped", "source_model": "x",
                           "path": "b", "reason": "no tensorrt"}  # fmt: skip
+
+
+def _edit_manifest(d: Path, edit) -> Path:
+    path = d / MANIFEST
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: [m], "engine manifest must be a JSON object, got a JSON list"),
+        (lambda m: "onnx", "engine manifest must be a JSON object, got a JSON str"),
+        (lambda m: m | {"files": list(m["files"])}, "manifest 'files' must map file names to sha256 strings"),
+        (lambda m: m | {"files": {"model.onnx": 7}}, "manifest 'files' must map file names to sha256 strings"),
+        (lambda m: m | {"format": ["onnx"]}, "manifest 'format' must be a string, got ['onnx']"),
+        (lambda m: m | {"format": "tensorrt", "device": "gpu0"}, "manifest 'device' must be a CUDA device index (an integer >= 0), got 'gpu0'"),
+        (lambda m: m | {"format": "tensorrt", "device": -1}, "manifest 'device' must be a CUDA device index"),
+    ],
+    ids=["list", "string", "files-list", "files-non-str-hash", "format-list", "trt-device-str", "trt-device-negative"],
+)
+def test_malformed_manifest_is_a_checkpoint_error_naming_it(tmp_path, edit, message):
+    make_engine(tmp_path / "e")
+    path = _edit_manifest(tmp_path / "e", edit)
+    for fn in (read_manifest, verify_engine, load_engine):
+        with pytest.raises(CheckpointError) as e:
+            fn(tmp_path / "e")
+        assert str(e.value).startswith(f"{path}: ") and message in str(e.value), str(e.value)
+
+
+def test_garbage_torchscript_file_is_a_checkpoint_error_naming_it(tmp_path):
+    """A file that is not a TorchScript archive, listed with its own (matching) sha256."""
+    d = tmp_path / "ts"
+    d.mkdir()
+    (d / "model.ts").write_bytes(b"PK\x03\x04 this is not a TorchScript archive" * 10)
+    write_manifest(d, format="torchscript", precision="fp32", variant="ts", source_model="models/x", labels=["neg", "pos"])
+    with pytest.raises(CheckpointError, match=rf"^{d / 'model.ts'}: not a loadable TorchScript file"):
+        load_engine(d, num_threads=1)

@@ -74,3 +74,52 @@ def test_missing_directory_and_unknown_checkpoint(tmp_path: Path):
         resolve_checkpoint(str(tmp_path / "nope"))
     with pytest.raises(CheckpointError, match="no config.json"):
         load_classifier(tmp_path)
+
+
+def _rename_tensors(ckpt: Path, rename) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(ckpt / "model.safetensors")
+    renamed = {rename(k): v for k, v in tensors.items() if rename(k) is not None}
+    save_file(renamed, ckpt / "model.safetensors", metadata={"format": "pt"})
+    return renamed
+
+
+def test_tensors_of_another_layout_are_refused_naming_them(ckpt: Path):
+    """Names that do not match the architecture: transformers would load random weights in silence."""
+    renamed = _rename_tensors(ckpt, lambda k: k.replace("bert.encoder.layer.", "bert.encoder.layers."))
+    with pytest.raises(CheckpointError) as e:
+        load_classifier(ckpt)
+    msg = str(e.value)
+    assert msg.startswith(f"{ckpt / 'model.safetensors'}: its tensors do not match the bert architecture")
+    n = sum(1 for k in renamed if k.startswith("bert.encoder.layers."))
+    assert n == 32 and f"missing {n} tensor(s): bert.encoder.layer.0." in msg
+    assert f"unexpected {n} tensor(s): bert.encoder.layers.0." in msg
+    assert f"and {n - 6} more" in msg  # long lists are cut, with a count
+    with pytest.raises(CheckpointError, match="missing"):  # labels do not excuse an encoder that does not load
+        load_classifier(ckpt, ["rotten", "fresh"])
+
+
+def test_a_missing_layer_is_refused(ckpt: Path):
+    _rename_tensors(ckpt, lambda k: None if k.startswith("bert.encoder.layer.1.output.") else k)
+    with pytest.raises(CheckpointError, match=r"missing 4 tensor\(s\): bert\.encoder\.layer\.1\.output\.LayerNorm\.bias"):
+        load_classifier(ckpt)
+
+
+def test_base_checkpoint_gets_a_fresh_head_only_when_labels_are_given(ckpt: Path):
+    """A base checkpoint (no classifier, an MLM head) is what a user fine-tunes: labels make that explicit."""
+    mlm = torch.zeros(30522)
+    renamed = _rename_tensors(ckpt, lambda k: None if k.startswith("classifier.") else k)
+    from safetensors.torch import save_file
+
+    save_file({**renamed, "cls.predictions.bias": mlm}, ckpt / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"missing 2 tensor\(s\): classifier\.bias, classifier\.weight; unexpected 1"):
+        load_classifier(ckpt)
+    model = load_classifier(ckpt, ["negative", "neutral", "positive"])
+    assert model.classifier.out_features == 3 and model.config.id2label[2] == "positive"
+    torch.testing.assert_close(model.bert.embeddings.word_embeddings.weight, renamed["bert.embeddings.word_embeddings.weight"])
+
+
+def test_packaged_minilm_loads_as_a_classifier_with_labels():
+    model = load_classifier(resolve_checkpoint("all-MiniLM-L6-v2"), ["rotten", "fresh"])
+    assert model.config.num_labels == 2

@@ -8,8 +8,10 @@ allowed. Configs round-trip through plain dicts (``to_dict``/``from_dict``).
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -35,6 +37,23 @@ def _type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+# Integer fields bounded wherever they appear, by field name: a seed must be one numpy and
+# torch accept (numpy refuses -1 and 2**32), and a thread count beyond any machine's cores
+# is a typo that would otherwise reach torch.set_num_threads.
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "seed": (0, 2**32 - 1),
+    "num_threads": (1, 1024),
+}
+
+
+def _check_int_bounds(key: str, value: int) -> int:
+    bounds = INT_BOUNDS.get(key.rsplit(".", 1)[-1])
+    if bounds is not None:
+        lo, hi = bounds
+        check(lo <= value <= hi, key, f"an integer in [{lo}, {hi}]", value)
+    return value
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -64,16 +83,20 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _check_int_bounds(key, value)
     elif tp is float:
         # YAML reads "5e-5" as a string; accept it, as a user would expect.
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            check(math.isfinite(number), key, "a finite number (not .inf or .nan)", value)
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -92,6 +115,9 @@ class Section:
         name = prefix or cls.__name__
         if not isinstance(raw, dict):
             raise ConfigError(f"{name}: expected a mapping of keys, got {raw!r}")
+        keys = [k for k in raw if not isinstance(k, str)]
+        if keys:
+            raise ConfigError(f"{_join(prefix, repr(keys[0]))}: keys must be strings, got {type(keys[0]).__name__}")
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - set(fields))
@@ -125,6 +151,14 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
+def _is_codec(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
 def check(ok: bool, key: str, allowed: str, value: Any) -> None:
     """Raise ``ConfigError('<key>: got <value>, allowed: <allowed>')`` unless ``ok``."""
     if not ok:
@@ -141,6 +175,7 @@ class DataConfig(Section):
     source: str = "rotten_tomatoes"  # the packaged corpus, or a path to a .csv/.jsonl file
     text_column: str = "text"
     label_column: str = "label"
+    encoding: str = "utf-8"  # of a user file (a UTF-8 byte-order mark is dropped); latin-1, cp1252, utf-16, ...
     labels: tuple[str, ...] = ("rotten", "fresh")  # index = class id
     split: tuple[float, ...] = (0.8, 0.1, 0.1)  # train, val, test
     min_rows_per_class: int = 10
@@ -155,6 +190,7 @@ class DataConfig(Section):
         check(len(set(self.labels)) == len(self.labels), "labels", "distinct label names", list(self.labels))
         check(self.min_rows_per_class >= 3, "min_rows_per_class", "an integer >= 3", self.min_rows_per_class)
         check(self.max_rows >= 0, "max_rows", "0 (all rows) or a positive integer", self.max_rows)
+        check(_is_codec(self.encoding), "encoding", "a Python codec name (utf-8, latin-1, cp1252, utf-16, ...)", self.encoding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -552,18 +588,53 @@ SECTIONS: dict[str, type[Section]] = {
 }
 
 
+def _check_keys(node: yaml.Node, path: Path, prefix: str = "") -> None:
+    """Refuse duplicate and non-string keys at any depth of a composed YAML document.
+
+    PyYAML keeps the last of two equal keys without a word (DVC's ruamel parser refuses
+    them), so a stage run by hand would train with ``epochs: 50`` where ``dvc repro`` stops.
+    """
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_keys(item, path, f"{prefix}[{i}]")
+        return
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        line = key_node.start_mark.line + 1
+        if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base": an override is what a merge is for
+            continue
+        if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str"):
+            shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else key_node.tag
+            raise ConfigError(f"{path}: line {line}: {_join(prefix, str(shown))}: keys must be strings")
+        key = _join(prefix, key_node.value)
+        if key_node.value in seen:
+            raise ConfigError(
+                f"{path}: {key}: duplicate key, on line {seen[key_node.value]} and line {line}; keep one"
+            )
+        seen[key_node.value] = line
+        _check_keys(value_node, path, key)
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read ``params.yaml`` as a dict; a missing or malformed file is a ConfigError."""
+    """Read ``params.yaml`` as a dict; a missing or malformed file, or a key written twice, is a ConfigError."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_keys(node, path)
+        raw = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(set(map(str, raw)) - set(SECTIONS))
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), SECTIONS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -8,7 +8,9 @@ The default corpus is the Rotten Tomatoes critic snippets that ship inside the
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
+import io
 import importlib.metadata
 import json
 import random
@@ -46,58 +48,159 @@ def packaged_corpus_path() -> Path:
     return path
 
 
-def _open_text(path: Path):
-    opener = bz2.open if path.suffix == ".bz2" else open
-    return opener(path, "rt", encoding="utf-8", newline="")
+def _read_text(path: Path, encoding: str) -> str:
+    """The whole file decoded with ``encoding`` (a ``.bz2`` file decompressed first).
 
-
-def _read_rows(path: Path, fmt: str) -> list[tuple[str, dict[str, Any]]]:
-    """Rows of a CSV or JSONL file as (where, row) pairs; ``where`` names file and row."""
-    rows: list[tuple[str, dict[str, Any]]] = []
+    Decoding the file's bytes in one piece lets an error name the line of the file (and
+    the byte offset in the file, not in a read buffer). For ``utf-8`` a leading byte-order
+    mark (what spreadsheet exports write) is dropped, as ``utf-8-sig`` would.
+    """
     try:
-        with _open_text(path) as f:
-            if fmt == "csv":
-                reader = csv.DictReader(f)
-                if not reader.fieldnames:
-                    raise DataError(f"{path}: empty file (no header row)")
-                for i, row in enumerate(reader, start=1):
-                    rows.append((f"{path}: row {i}", row))
-            else:
-                for i, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
-                    if not isinstance(row, dict):
-                        raise DataError(f"{path}: line {i}: expected a JSON object, got {type(row).__name__}")
-                    rows.append((f"{path}: line {i}", row))
+        if path.suffix == ".bz2":
+            with bz2.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: data file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a .csv or .jsonl file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    except (OSError, EOFError, csv.Error) as e:
+    except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read: {e}") from None
+    skip = len(codecs.BOM_UTF8) if _is_utf8(encoding) and raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[skip:].decode(encoding)
+    except UnicodeDecodeError as e:
+        offset = skip + e.start
+        line = raw.count(b"\n", 0, offset) + 1
+        raise DataError(
+            f"{path}: line {line}: not {encoding} text (byte {offset} of the file, "
+            f"{raw[offset:offset + 1]!r}: {e.reason}); set data.encoding in params.yaml to the "
+            "file's encoding (e.g. latin-1, cp1252, utf-16)"
+        ) from None
+
+
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name == "utf-8"
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of CSV text, strictly: every row has the header's field count, quotes close.
+
+    ``csv.DictReader`` would cut a row with an unquoted comma to the header's width, keep
+    the last of two equal header names and end an unclosed quote at the end of the file;
+    each of these is a DataError naming the line instead.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[tuple[str, dict[str, Any]]] = []
+    header: list[str] | None = None
+    start = 1
+    try:
+        for fields in reader:
+            where, start = f"{path}: line {start}", reader.line_num + 1
+            if not fields:  # a blank line: not a row
+                continue
+            if header is None:
+                dupes = sorted({h for h in fields if fields.count(h) > 1})
+                if dupes:
+                    raise DataError(f"{where}: duplicate column name(s) {', '.join(map(repr, dupes))} in the header")
+                header = fields
+                continue
+            if len(fields) != len(header):
+                raise DataError(
+                    f"{where}: {len(fields)} fields, the header has {len(header)} "
+                    "(a comma or quote inside a text must be quoted: \"a, b\")"
+                )
+            rows.append((where, dict(zip(header, fields, strict=True))))
+    except csv.Error as e:
+        line = reader.line_num if "field larger" in str(e) else start
+        raise DataError(f"{path}: line {line}: malformed CSV ({e}; is a quote left unclosed?)") from None
+    if header is None:
+        raise DataError(f"{path}: empty file (no header row)")
+    return rows
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any]]]:
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for i, line in enumerate(io.StringIO(text), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {i}: expected a JSON object, got {type(row).__name__}")
+        rows.append((f"{path}: line {i}", row))
+    return rows
+
+
+def _read_rows(path: Path, fmt: str, encoding: str = "utf-8") -> list[tuple[str, dict[str, Any]]]:
+    """Rows of a CSV or JSONL file as (where, row) pairs; ``where`` names file and line."""
+    text = _read_text(path, encoding)
+    rows = _csv_rows(path, text) if fmt == "csv" else _jsonl_rows(path, text)
     if not rows:
         raise DataError(f"{path}: no data rows")
     return rows
 
 
+def _as_label_id(value: Any) -> int | None:
+    """``value`` as an integer class id, or None; only ASCII digits count ("²" is not 2)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        digits = value.strip().removeprefix("-")
+        if digits.isascii() and digits.isdecimal():
+            return int(value)
+    return None
+
+
 def _label_id(value: Any, labels: tuple[str, ...], where: str, column: str) -> int:
     if isinstance(value, str) and value.strip() in labels:
         return labels.index(value.strip())
-    as_int = value if isinstance(value, int) and not isinstance(value, bool) else None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        as_int = int(value)
+    as_int = _as_label_id(value)
     if as_int is not None and 0 <= as_int < len(labels):
         return as_int
     raise DataError(
         f"{where}: {column}={value!r} is not a declared label; "
         f"allowed: {', '.join(labels)} or their ids 0..{len(labels) - 1} (data.labels in params.yaml)"
     )
+
+
+def _swallowed_row(text: str, header: list[str], label_col: str, labels: tuple[str, ...]) -> str | None:
+    """A line inside a multi-line field that parses as a whole row of the file, or None.
+
+    An unclosed quote makes the csv module read on, across line breaks, to the next
+    quote: the rows in between become one text. A legitimately multi-line text rarely
+    holds a line with exactly the header's field count and a declared label in the
+    label column, so such a line is taken as a swallowed row.
+    """
+    if "\n" not in text and "\r" not in text or label_col not in header:
+        return None
+    for line in text.splitlines()[1:]:
+        try:
+            fields = next(csv.reader([line]))
+        except (csv.Error, StopIteration):
+            continue
+        if len(fields) != len(header):
+            continue
+        value = fields[header.index(label_col)].strip()
+        as_int = _as_label_id(value)
+        if value in labels or (as_int is not None and 0 <= as_int < len(labels)):
+            return line
+    return None
+
+
+def _check_swallowed_rows(rows: list[tuple[str, dict[str, Any]]], label_col: str, labels: tuple[str, ...]) -> None:
+    header = list(rows[0][1])
+    for where, row in rows:
+        for column, value in row.items():
+            line = _swallowed_row(value, header, label_col, labels)
+            if line is not None:
+                raise DataError(
+                    f"{where}: {column!r} runs over several lines and holds what looks like another row "
+                    f"({line[:60]!r}); is a quote left unclosed?"
+                )
 
 
 def read_corpus(cfg: DataConfig) -> tuple[list[Example], Path, dict[str, int]]:
@@ -120,7 +223,7 @@ def read_corpus(cfg: DataConfig) -> tuple[list[Example], Path, dict[str, int]]:
         fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(suffixes[-1] if suffixes else "")
         if fmt is None:
             raise DataError(f"{path}: unsupported file type; data.source must be {PACKAGED!r}, a .csv or a .jsonl file")
-        rows = _read_rows(path, fmt)
+        rows = _read_rows(path, fmt, cfg.encoding)
         text_col, label_col = cfg.text_column, cfg.label_column
         missing = [c for c in (text_col, label_col) if c not in rows[0][1]]
         if missing:
@@ -128,6 +231,8 @@ def read_corpus(cfg: DataConfig) -> tuple[list[Example], Path, dict[str, int]]:
                 f"{path}: missing column(s) {', '.join(missing)}; found: {', '.join(map(str, rows[0][1]))} "
                 "(set data.text_column / data.label_column in params.yaml)"
             )
+        if fmt == "csv":
+            _check_swallowed_rows(rows, label_col, cfg.labels)
     examples = []
     for where, row in rows:
         text = row.get(text_col)
@@ -210,7 +315,9 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
     on any error, nothing at all.
     """
     examples, source, dropped = read_corpus(cfg)
+    rows_read = len(examples) + sum(dropped.values())  # every data row of the file, before sampling
     examples, n_dupes = dedupe(examples)
+    n_unique = len(examples)
     examples = subsample(examples, cfg.max_rows, cfg.seed)
     counts = Counter(ex.label for ex in examples)
     for label_id, name in enumerate(cfg.labels):
@@ -224,9 +331,11 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
         "source": PACKAGED if cfg.source == PACKAGED else str(source),
         "source_file": source.name,
         "source_sha256": sha256_file(source),
+        "encoding": "utf-8" if cfg.source == PACKAGED else cfg.encoding,
         "labels": list(cfg.labels),
-        "rows_read": len(examples) + n_dupes + sum(dropped.values()),
-        "rows_dropped": {**dropped, "duplicate_text": n_dupes},
+        "rows_read": rows_read,
+        "rows_dropped": {**dropped, "duplicate_text": n_dupes, "not_in_sample": n_unique - len(examples)},
+        "rows_sampled": len(examples),  # = rows_read minus rows_dropped
         "rows": len(examples),
         "split_seed": cfg.seed,
         "splits": {

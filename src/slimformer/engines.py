@@ -144,12 +144,28 @@ def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no engine manifest; not an engine directory (rerun the export stage)") from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable engine manifest ({e})") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: engine manifest must be a JSON object, got a JSON {type(manifest).__name__}")
     missing = [k for k in ("format", "precision", "variant", "files", "status") if k not in manifest]
     if missing:
         raise CheckpointError(f"{path}: manifest lacks {', '.join(missing)}")
+    _check_manifest_types(path, manifest)
     if manifest["format"] not in FORMATS:
         raise CheckpointError(f"{path}: unknown engine format {manifest['format']!r}; known: {', '.join(FORMATS)}")
     return manifest
+
+
+def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
+    """Field types a hand-edited or foreign manifest may get wrong (else a raw TypeError later)."""
+    for key in ("format", "precision", "variant", "status"):
+        if not isinstance(manifest[key], str):
+            raise CheckpointError(f"{path}: manifest {key!r} must be a string, got {manifest[key]!r}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise CheckpointError(f"{path}: manifest 'files' must map file names to sha256 strings, got {files!r:.120}")
+    device = manifest.get("device", 0)
+    if manifest["format"] == "tensorrt" and (not isinstance(device, int) or isinstance(device, bool) or device < 0):
+        raise CheckpointError(f"{path}: manifest 'device' must be a CUDA device index (an integer >= 0), got {device!r}")
 
 
 def source_labels(source_dir: Path) -> list[str]:
@@ -249,7 +265,12 @@ class TorchScriptRunner:
         with warnings.catch_warnings():
             # torch 2.13 deprecates torch.jit; TorchScript is still the format this engine ships in.
             warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
-            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+            try:
+                self.module = torch.jit.load(str(path), map_location="cpu").eval()
+            except (RuntimeError, ValueError, OSError) as e:  # not a TorchScript archive, or a damaged one
+                raise CheckpointError(
+                    f"{path}: not a loadable TorchScript file ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                ) from None
         self._torch = torch
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ Every model handed between stages is a ``save_pretrained`` directory: ``config.j
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -105,15 +106,52 @@ def load_classifier(
         config.id2label = dict(enumerate(labels))
         config.label2id = {name: i for i, name in enumerate(labels)}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, use_safetensors=True, local_files_only=True, trust_remote_code=False
-        )
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, use_safetensors=True, local_files_only=True, trust_remote_code=False,
+            output_loading_info=True,
+        )  # fmt: skip
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(
             f"{path}: config.json does not match model.safetensors or the model type is unsupported "
             f"({type(e).__name__}: {str(e).splitlines()[0][:300]})"
         ) from None
+    _check_loading_info(path, config.model_type, info, fresh_head=labels is not None)
     return model.eval()
+
+
+# The tensors a base checkpoint may lack (the new classification head) or hold unused (its
+# pretraining head, a pooler the classifier does not use) when it becomes a classifier.
+FRESH_HEAD = re.compile(r"(^|\.)(classifier|pre_classifier)\.")
+PRETRAINING_HEADS = re.compile(
+    r"^(cls|lm_head|vocab_projector|vocab_transform|vocab_layer_norm|generator_predictions|generator_lm_head|"
+    r"discriminator_predictions)\.|(^|\.)pooler\."
+)
+
+
+def _names(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _check_loading_info(path: Path, model_type: str, info: dict, fresh_head: bool) -> None:
+    """Refuse weights whose tensor names do not match the architecture.
+
+    transformers fills a missing tensor with random values and drops an unexpected one
+    with a log line only, so a checkpoint of another layout would train from noise. The
+    one expected gap is a base checkpoint becoming a classifier (``fresh_head``: the
+    caller passed labels): its new head is missing and its pretraining head unused.
+    """
+    missing = sorted(k for k in info.get("missing_keys", []) if not (fresh_head and FRESH_HEAD.search(k)))
+    unexpected = sorted(k for k in info.get("unexpected_keys", []) if not (fresh_head and PRETRAINING_HEADS.search(k)))
+    if not missing and not unexpected:
+        return
+    parts = [f"missing {len(missing)} tensor(s): {_names(missing)}" if missing else "",
+             f"unexpected {len(unexpected)} tensor(s): {_names(unexpected)}" if unexpected else ""]  # fmt: skip
+    raise CheckpointError(
+        f"{path / 'model.safetensors'}: its tensors do not match the {model_type} architecture of config.json "
+        f"({'; '.join(p for p in parts if p)}); loaded, the missing ones would start from random values. "
+        "Use the model.safetensors saved with this config.json"
+    )
 
 
 def save_model(model: PreTrainedModel, tokenizer, out_dir: str | Path, extra: dict | None = None) -> Path:
