@@ -251,7 +251,7 @@ def copy_tokenizer(source_dir: Path, out_dir: Path) -> list[str]:
 def reference_runner(source_dir: Path, num_threads: int) -> Runner:
     """What an engine built from ``source_dir`` is compared with: the PyTorch model, or the source engine."""
     if (source_dir / MANIFEST).is_file():
-        return load_engine(source_dir, num_threads)
+        return load_engine(source_dir, num_threads, trust_torchscript=True)  # an engine an earlier stage of this pipeline built
     return TorchRunner(load_classifier(source_dir))
 
 
