@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,6 @@ from slimformer.engines import (
     MANIFEST,
     RUNNERS,
     EngineSkipped,
-    index_engines,
     load_engine,
     read_manifest,
     verify_engine,
@@ -129,46 +130,156 @@ def test_skipped_engine(tmp_path):
         write_manifest(d, format="tensorrt", precision="fp16", variant="v", source_model="x", labels=[], status="skipped")
 
 
-def test_runner_registry_and_index(tmp_path):
+def test_runner_registry(tmp_path):
     assert set(RUNNERS) == {"onnx", "torchscript", "tensorrt"}
-    make_engine(tmp_path / "a")
-    (tmp_path / "b").mkdir()
-    write_manifest(tmp_path / "b", format="tensorrt", precision="int8", variant="b", source_model="x", labels=[],
-                   status="skipped", reason="no tensorrt")  # fmt: skip
-    (tmp_path / "not_an_engine").mkdir()
-    index = index_engines(tmp_path)
-    assert set(index) == {"a", "b"}
-    assert index["a"]["engine_bytes"] == (tmp_path / "a" / "model.onnx").stat().st_size
-    assert index["b"] == {"format": "tensorrt", "precision": "int8", "status": "skipped", "source_model": "x",
-                          "path": "b", "reason": "no tensorrt"}  # fmt: skip
 
 
-def _edit_manifest(d: Path, edit) -> Path:
-    path = d / MANIFEST
-    path.write_text(json.dumps(edit(json.loads(path.read_text()))), encoding="utf-8")
-    return path
+# ------------------------------------------------------------------ a hostile or damaged download
+
+
+def rewrite_manifest(d: Path, **changes) -> None:
+    m = json.loads((d / MANIFEST).read_text())
+    m |= changes
+    (d / MANIFEST).write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("key", ["../outside.txt", "sub/../../outside.txt", "./vocab.txt", "a//b"])
+def test_manifest_key_leaving_the_directory_is_refused(tmp_path, key):
+    (tmp_path / "outside.txt").write_text("not part of the engine")
+    d = tmp_path / "e"
+    m = make_engine(d)
+    rewrite_manifest(d, files=m["files"] | {key: sha256_file(tmp_path / "outside.txt")})
+    with pytest.raises(CheckpointError, match=rf"manifest\.json: file name {re.escape(repr(key))} is not a plain relative path"):
+        load_engine(d)
+
+
+def test_absolute_manifest_key_is_refused(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x")
+    d = tmp_path / "e"
+    m = make_engine(d)
+    rewrite_manifest(d, files=m["files"] | {str(outside): sha256_file(outside)})
+    with pytest.raises(CheckpointError, match="is not a plain relative path"):
+        verify_engine(d)
+
+
+def test_unlisted_file_is_refused(tmp_path):
+    d = make_engine_dir(tmp_path)
+    (d / "extra.py").write_text("print('hello')\n")
+    with pytest.raises(CheckpointError, match=r"extra\.py: not listed in manifest\.json"):
+        load_engine(d)
+    (d / "extra.py").unlink()
+    (d / "sub").mkdir()
+    (d / "sub" / "deep.bin").write_bytes(b"\0")
+    with pytest.raises(CheckpointError, match=r"sub/deep\.bin: not listed"):
+        verify_engine(d)
+
+
+def test_substituted_engine_file_with_empty_file_list_is_refused(tmp_path):
+    """The attack of the issue: another model.onnx, and a manifest whose files are {}."""
+    d = tmp_path / "e"
+    make_engine(d)
+    (d / "vocab.txt").unlink()
+    rewrite_manifest(d, files={})
+    with pytest.raises(CheckpointError, match=r"model\.onnx: not listed in manifest\.json"):
+        load_engine(d)
+    # and with the engine file absent too, an "ok" engine without its engine file is refused
+    (d / "model.onnx").unlink()
+    with pytest.raises(CheckpointError, match=r"model\.onnx: the engine file is not listed"):
+        verify_engine(d)
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "listed"])
+def test_symlinks_are_refused(tmp_path, kind):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    d = tmp_path / "e"
+    m = make_engine(d)
+    if kind == "dir":
+        (d / "linked").symlink_to(outside, target_is_directory=True)
+    else:
+        (d / "secret.txt").symlink_to(outside / "secret.txt")
+        if kind == "listed":
+            rewrite_manifest(d, files=m["files"] | {"secret.txt": sha256_file(outside / "secret.txt")})
+    with pytest.raises(CheckpointError, match="a symbolic link inside an engine directory"):
+        load_engine(d)
+    with pytest.raises(CheckpointError, match="symbolic link"):
+        write_manifest(d, format="onnx", precision="fp32", variant="e", source_model="m", labels=["a", "b"])
 
 
 @pytest.mark.parametrize(
-    "edit, message",
+    ("manifest", "expected"),
     [
-        (lambda m: [m], "engine manifest must be a JSON object, got a JSON list"),
-        (lambda m: "onnx", "engine manifest must be a JSON object, got a JSON str"),
-        (lambda m: m | {"files": list(m["files"])}, "manifest 'files' must map file names to sha256 strings"),
-        (lambda m: m | {"files": {"model.onnx": 7}}, "manifest 'files' must map file names to sha256 strings"),
-        (lambda m: m | {"format": ["onnx"]}, "manifest 'format' must be a string, got ['onnx']"),
-        (lambda m: m | {"format": "tensorrt", "device": "gpu0"}, "manifest 'device' must be a CUDA device index (an integer >= 0), got 'gpu0'"),
-        (lambda m: m | {"format": "tensorrt", "device": -1}, "manifest 'device' must be a CUDA device index"),
+        ([1, 2], "a JSON object is expected, got list"),
+        ("engine", "a JSON object is expected, got str"),
+        ({"format": "onnx", "precision": "fp32", "variant": "e", "status": "ok", "files": ["model.onnx"]}, "'files' must be an object"),
+        ({"format": "onnx", "precision": "fp32", "variant": "e", "status": "ok", "files": {"model.onnx": 7}}, "'files' must be an object"),
+        ({"format": 3, "precision": "fp32", "variant": "e", "status": "ok", "files": {}}, "'format' must be a string"),
+        ({"format": "onnx", "precision": "fp32", "variant": "e", "status": "fine", "files": {}}, "'status' must be 'ok' or 'skipped'"),
+        ({"format": "tensorrt", "precision": "fp16", "variant": "e", "status": "skipped", "files": {}, "device": "0"},
+         "'device' must be a CUDA device index (an integer >= 0), got \"0\""),
+        ({"format": "tensorrt", "precision": "fp16", "variant": "e", "status": "skipped", "files": {}, "device": "gpu0"},
+         "'device' must be a CUDA device index"),
+        ({"format": "tensorrt", "precision": "fp16", "variant": "e", "status": "skipped", "files": {}, "device": -1},
+         "'device' must be a CUDA device index"),
+        ({"format": "onnx", "precision": "fp32", "variant": "e", "status": "ok", "files": {}, "labels": "ab"},
+         "'labels' must be a list of strings"),
     ],
-    ids=["list", "string", "files-list", "files-non-str-hash", "format-list", "trt-device-str", "trt-device-negative"],
-)
-def test_malformed_manifest_is_a_checkpoint_error_naming_it(tmp_path, edit, message):
+)  # fmt: skip
+def test_malformed_manifest_is_a_checkpoint_error_naming_the_file(tmp_path, manifest, expected):
+    d = tmp_path / "e"
+    d.mkdir()
+    (d / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=rf"e/manifest\.json: malformed engine manifest: {re.escape(expected)}"):
+        verify_engine(d)
+
+
+def make_engine_dir(tmp_path: Path) -> Path:
     make_engine(tmp_path / "e")
-    path = _edit_manifest(tmp_path / "e", edit)
-    for fn in (read_manifest, verify_engine, load_engine):
-        with pytest.raises(CheckpointError) as e:
-            fn(tmp_path / "e")
-        assert str(e.value).startswith(f"{path}: ") and message in str(e.value), str(e.value)
+    return tmp_path / "e"
+
+
+def test_torchscript_payload_runs_nothing_without_trust(tmp_path):
+    """A TorchScript archive whose __setstate__ writes a file: verified, sealed by write_manifest, still not loaded."""
+    torch = pytest.importorskip("torch")
+
+    class Payload(torch.nn.Module):
+        def __init__(self, target: str) -> None:
+            super().__init__()
+            self.target = target
+
+        @torch.jit.export
+        def __getstate__(self) -> tuple[str, bool]:
+            return (self.target, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[str, bool]) -> None:
+            self.target = state[0]
+            self.training = state[1]
+            # runs inside torch.jit.load: map a file outside the engine directory and write into it
+            mapped = torch.from_file(self.target, shared=True, size=8, dtype=torch.uint8)
+            mapped.fill_(33)
+            self.target = self.target + str(int(mapped.sum()))  # a use of the write, or TorchScript drops it
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(input_ids.shape[0], 2)
+
+    victim = tmp_path / "victim.bin"
+    d = tmp_path / "evil"
+    d.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(Payload(str(victim))), str(d / "model.ts"))
+    write_manifest(d, format="torchscript", precision="fp32", variant="evil", source_model="m", labels=["a", "b"])
+    victim.write_bytes(b"\0" * 8)
+    assert verify_engine(d)["format"] == "torchscript"  # intact as sealed: the hashes prove nothing about intent
+    with pytest.raises(CheckpointError, match=r"model\.ts: a TorchScript engine can run code when loaded"):
+        load_engine(d)
+    assert victim.read_bytes() == b"\0" * 8  # nothing ran
+    # the payload is real: with explicit trust, loading runs it
+    load_engine(d, trust_torchscript=True)
+    assert victim.read_bytes() == b"!" * 8
 
 
 def test_garbage_torchscript_file_is_a_checkpoint_error_naming_it(tmp_path):
@@ -178,4 +289,4 @@ def test_garbage_torchscript_file_is_a_checkpoint_error_naming_it(tmp_path):
     (d / "model.ts").write_bytes(b"PK\x03\x04 this is not a TorchScript archive" * 10)
     write_manifest(d, format="torchscript", precision="fp32", variant="ts", source_model="models/x", labels=["neg", "pos"])
     with pytest.raises(CheckpointError, match=rf"^{d / 'model.ts'}: not a loadable TorchScript file"):
-        load_engine(d, num_threads=1)
+        load_engine(d, num_threads=1, trust_torchscript=True)

@@ -87,7 +87,7 @@ def test_probes_have_exact_shapes_and_real_padding(pruned_bert_dir, data_dir):
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_float_engines_match_pytorch_on_unseen_shapes(engines, pruned_bert_dir, fmt):
     """Dynamic batch and sequence axes: shapes never seen at export time still match PyTorch."""
-    runner = load_engine(engines[fmt], num_threads=1)
+    runner = load_engine(engines[fmt], num_threads=1, trust_torchscript=True)  # built by this test
     reference = TorchRunner(load_classifier(pruned_bert_dir))
     for seed, (batch, seq) in enumerate([(1, 3), (5, 17), (32, 64), (2, 100)]):
         ids, mask = random_batch(seed, batch, seq)
@@ -124,7 +124,7 @@ def test_int8_torchscript_agrees_with_float(tmp_path, pruned_bert_dir, data_dir)
     m = build_engine("torchscript_int8", pruned_bert_dir, CFG, data_dir, tmp_path / "ts8")
     assert m["precision"] == "int8" and m["parity"]["kind"] == "agreement"
     assert m["parity"]["agreement"] >= CFG.min_agreement and m["parity"]["rows"] == 40
-    runner, reference = load_engine(tmp_path / "ts8"), TorchRunner(load_classifier(pruned_bert_dir))
+    runner, reference = load_engine(tmp_path / "ts8", trust_torchscript=True), TorchRunner(load_classifier(pruned_bert_dir))
     ids, mask = random_batch(0, 8, 24)
     out, ref = runner(ids, mask), reference(ids, mask)
     assert out.shape == ref.shape

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,33 @@ def test_atomic_file_and_json(tmp_path: Path):
             raise ValueError
     assert json.loads(p.read_text()) == {"x": 1}
     assert len(sha256_file(p)) == 64 and [x.name for x in tmp_path.iterdir()] == ["m.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_respect_the_umask(tmp_path: Path, umask: int):
+    """mkstemp/mkdtemp create 0600/0700; what lands in place has the modes open()/mkdir() would give."""
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+        with atomic_dir(tmp_path / "engine") as tmp:
+            (tmp / "f").write_text("x")
+            (tmp / "sub").mkdir()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "engine").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "engine" / "f").stat().st_mode) == 0o666 & ~umask
+
+
+def test_atomic_dir_fsyncs_every_file_before_the_rename(tmp_path: Path, monkeypatch):
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(f"replace {b}"), real_replace(a, b))[1])
+    with atomic_dir(tmp_path / "engine") as tmp:
+        (tmp / "a.bin").write_bytes(b"1")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.bin").write_bytes(b"2")
+    rename = events.index(f"replace {tmp_path / 'engine'}")
+    synced = [e for e in events[:rename] if e.startswith("fsync")]
+    assert any(e.endswith("/a.bin") for e in synced) and any(e.endswith("/sub/b.bin") for e in synced)

@@ -13,8 +13,9 @@ from slimformer import config as config_module
 from slimformer import report as rp
 from slimformer.benchmark import ONESTEP, TEACHER
 from slimformer.config import ReportConfig, SelectConfig
-from slimformer.engines import read_manifest, write_manifest
+from slimformer.engines import MANIFEST, read_manifest, write_manifest
 from slimformer.errors import CheckpointError, ConfigError
+from slimformer.io import sha256_file
 
 from conftest import write_jsonl
 
@@ -143,6 +144,23 @@ def test_copy_engine_verifies_before_and_after(tmp_path):
     with pytest.raises(CheckpointError, match="sha256"):
         rp.copy_engine(src, best)
     assert (best / "model.ts").read_bytes().startswith(b"not really")  # the previous copy is untouched
+
+
+@pytest.mark.parametrize("lax_verify", [False, True])
+def test_copy_engine_cannot_write_outside_best(tmp_path, monkeypatch, lax_verify):
+    """A manifest key with ../ is refused by verify_engine, and by copy_engine itself were verification lax."""
+    src = make_engine(tmp_path / "a" / "engines" / "e", "e")
+    (tmp_path / "a" / "payload.txt").write_text("escaped")
+    manifest = json.loads((src / MANIFEST).read_text())
+    key = "../../payload.txt"  # read from a/payload.txt; written (best is one level deeper) to a/engines/payload.txt
+    manifest["files"][key] = sha256_file(tmp_path / "a" / "payload.txt")
+    (src / MANIFEST).write_text(json.dumps(manifest))
+    if lax_verify:
+        monkeypatch.setattr(rp, "verify_engine", lambda d: json.loads((Path(d) / MANIFEST).read_text()))
+    best = tmp_path / "a" / "engines" / "deploy" / "best"
+    with pytest.raises(CheckpointError, match=r"'\.\./\.\./payload\.txt'"):
+        rp.copy_engine(src, best)
+    assert not (tmp_path / "a" / "engines" / "payload.txt").exists() and not best.exists()
 
 
 def test_make_report_writes_rows_plot_data_and_best(tmp_path):

@@ -233,7 +233,8 @@ def open_runner(variant: Variant, num_threads: int, worker_cores: tuple[int, ...
 
         torch.set_num_threads(num_threads)
         return TorchRunner(load_classifier(variant.path))
-    runner = load_engine(variant.path, num_threads, worker_cores)
+    # The engines under artifacts/engines are the ones this pipeline built (TorchScript included).
+    runner = load_engine(variant.path, num_threads, worker_cores, trust_torchscript=True)
     if isinstance(runner, OrtRunner) and "token_type_ids" in runner.input_names:
         return TokenTypeZeros(runner)
     return runner

@@ -9,14 +9,14 @@ An engine directory is self-contained::
 
 ``manifest.json`` fields: ``format`` (onnx | torchscript | tensorrt), ``precision``
 (fp32 | fp16 | int8), ``variant``, ``source_model``, ``files`` ({relative name: sha256} of
-every other file), ``inputs`` / ``outputs`` ([{name, shape, dtype}], symbolic shapes such
+every other file; verification requires the directory to hold exactly these), ``inputs`` / ``outputs`` ([{name, shape, dtype}], symbolic shapes such
 as ``["batch", "sequence"]``), ``opset``, ``runtime_versions``, ``parity`` (the gate the
 engine passed), ``labels`` (class names by id), ``status`` (ok | skipped) and, when
 skipped, ``reason``. A skipped engine has a manifest and no engine file.
 
 Using an engine (what the benchmark does)::
 
-    runner = load_engine(engine_dir, num_threads=2)      # verifies every sha256 first
+    runner = load_engine(engine_dir, num_threads=2)      # verifies the directory first (see verify_engine)
     tokenizer = slimformer.modeling.load_tokenizer(engine_dir)
     logits = runner(input_ids, attention_mask)          # int64 (batch, seq) x2 -> float32 (batch, classes)
     runner.runtime                                      # "onnxruntime-cpu", "torchscript", "tensorrt"
@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import stat
 import warnings
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Protocol
 
 import numpy as np
@@ -80,13 +82,30 @@ def runtime_versions(*names: str) -> dict[str, str]:
     return out
 
 
+def regular_files(engine_dir: Path) -> list[str]:
+    """Every regular file under ``engine_dir`` (manifest included), by relative POSIX path, sorted.
+
+    Symbolic links (to files or directories) and special files are refused with a
+    CheckpointError naming them: a link could make a verified name read bytes from outside
+    the directory, and nothing this project writes is a link.
+    """
+    found = []
+    for root, dirs, files in os.walk(engine_dir, followlinks=False):
+        for name in sorted(dirs) + sorted(files):
+            path = Path(root) / name
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise CheckpointError(f"{path}: a symbolic link inside an engine directory; engines hold regular files only")
+            if name in files and not stat.S_ISREG(st.st_mode):
+                raise CheckpointError(f"{path}: not a regular file; engines hold regular files only")
+            if name in files:
+                found.append(path.relative_to(engine_dir).as_posix())
+    return sorted(found)
+
+
 def file_hashes(engine_dir: Path) -> dict[str, str]:
     """sha256 of every file under ``engine_dir`` except the manifest, by relative POSIX path."""
-    return {
-        p.relative_to(engine_dir).as_posix(): sha256_file(p)
-        for p in sorted(engine_dir.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+    return {name: sha256_file(engine_dir / name) for name in regular_files(engine_dir) if name != MANIFEST}
 
 
 def write_manifest(
@@ -136,7 +155,7 @@ def write_manifest(
 
 
 def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
-    """The parsed ``manifest.json`` of ``engine_dir``; CheckpointError if missing or malformed."""
+    """The parsed ``manifest.json`` of ``engine_dir``; CheckpointError naming it if missing or malformed."""
     path = Path(engine_dir) / MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -145,27 +164,57 @@ def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable engine manifest ({e})") from None
     if not isinstance(manifest, dict):
-        raise CheckpointError(f"{path}: engine manifest must be a JSON object, got a JSON {type(manifest).__name__}")
+        raise CheckpointError(f"{path}: malformed engine manifest: a JSON object is expected, got {type(manifest).__name__}")
     missing = [k for k in ("format", "precision", "variant", "files", "status") if k not in manifest]
     if missing:
         raise CheckpointError(f"{path}: manifest lacks {', '.join(missing)}")
-    _check_manifest_types(path, manifest)
+    problem = manifest_type_problem(manifest)
+    if problem:
+        raise CheckpointError(f"{path}: malformed engine manifest: {problem}")
     if manifest["format"] not in FORMATS:
         raise CheckpointError(f"{path}: unknown engine format {manifest['format']!r}; known: {', '.join(FORMATS)}")
     return manifest
 
 
-def _check_manifest_types(path: Path, manifest: dict[str, Any]) -> None:
-    """Field types a hand-edited or foreign manifest may get wrong (else a raw TypeError later)."""
-    for key in ("format", "precision", "variant", "status"):
-        if not isinstance(manifest[key], str):
-            raise CheckpointError(f"{path}: manifest {key!r} must be a string, got {manifest[key]!r}")
-    files = manifest["files"]
-    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        raise CheckpointError(f"{path}: manifest 'files' must map file names to sha256 strings, got {files!r:.120}")
-    device = manifest.get("device", 0)
-    if manifest["format"] == "tensorrt" and (not isinstance(device, int) or isinstance(device, bool) or device < 0):
-        raise CheckpointError(f"{path}: manifest 'device' must be a CUDA device index (an integer >= 0), got {device!r}")
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# The type each manifest field must have where present (a damaged or hostile manifest must not
+# reach code that trusts it, e.g. int(manifest["device"]) or path joins of its keys).
+MANIFEST_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "format": (lambda v: isinstance(v, str), "a string"),
+    "precision": (lambda v: isinstance(v, str), "a string"),
+    "variant": (lambda v: isinstance(v, str), "a string"),
+    "status": (lambda v: v in ("ok", "skipped"), "'ok' or 'skipped'"),
+    "files": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(d, str) for k, d in v.items()),
+              "an object of {relative file name: sha256 string}"),
+    "labels": (_is_str_list, "a list of strings"),
+    "inputs": (lambda v: isinstance(v, list) and all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in v),
+               "a list of {name, shape, dtype} objects"),
+    "device": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a CUDA device index (an integer >= 0)"),
+    "max_length": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+}
+
+
+def manifest_type_problem(manifest: dict[str, Any]) -> str | None:
+    """The first field of ``manifest`` whose type is wrong, said in words; None if all are right."""
+    for key, (ok, expected) in MANIFEST_TYPES.items():
+        if key in manifest and not ok(manifest[key]):
+            return f"{key!r} must be {expected}, got {json.dumps(manifest[key])[:80]}"
+    return None
+
+
+def safe_member(engine_dir: Path, name: str) -> Path:
+    """``engine_dir / name`` for a manifest key that stays inside ``engine_dir``; CheckpointError otherwise.
+
+    Refused: absolute names, ``..`` or ``.`` parts, empty parts, backslashes, the manifest itself.
+    """
+    parts = name.split("/")
+    if (not name or name.startswith("/") or "\\" in name or PureWindowsPath(name).is_absolute()
+            or any(p in ("", ".", "..") for p in parts) or name == MANIFEST):  # fmt: skip
+        raise CheckpointError(f"{engine_dir / MANIFEST}: file name {name!r} is not a plain relative path inside the engine directory")
+    return engine_dir.joinpath(*parts)
 
 
 def source_labels(source_dir: Path) -> list[str]:
@@ -177,21 +226,34 @@ def source_labels(source_dir: Path) -> list[str]:
 
 
 def verify_engine(engine_dir: str | Path) -> dict[str, Any]:
-    """Check that every file the manifest lists exists with its sha256; return the manifest.
+    """Check that ``engine_dir`` holds exactly what its manifest lists, byte for byte; return the manifest.
 
-    For ONNX engines the model is also run through ``onnx.checker``. Any mismatch raises
-    CheckpointError naming the file.
+    Every regular file under the directory must be listed with a matching sha256 (the engine
+    file of an "ok" engine among them); every listed name must be a plain relative path
+    inside the directory; no symbolic link may appear anywhere. For ONNX engines the model
+    is also run through ``onnx.checker``. Any failure raises CheckpointError naming the file.
+
+    This proves the directory is intact and complete, not who made it: the hashes sit in the
+    same directory. Trust in a TorchScript archive is asked for separately (:func:`load_engine`).
     """
     engine_dir = Path(engine_dir)
     manifest = read_manifest(engine_dir)
-    for name, digest in manifest["files"].items():
-        path = engine_dir / name
-        if not path.is_file():
+    listed = {name: safe_member(engine_dir, name) for name in manifest["files"]}
+    on_disk = [n for n in regular_files(engine_dir) if n != MANIFEST]
+    for name in on_disk:
+        if name not in listed:
+            raise CheckpointError(f"{engine_dir / name}: not listed in {MANIFEST} (an engine directory holds only the files it lists)")
+    for name, path in listed.items():
+        if name not in on_disk:
             raise CheckpointError(f"{path}: listed in {MANIFEST} but missing")
-        if sha256_file(path) != digest:
+        if sha256_file(path) != manifest["files"][name]:
             raise CheckpointError(f"{path}: sha256 does not match {MANIFEST} (modified or corrupt file)")
-    if manifest["status"] == "ok" and manifest["format"] == "onnx":
-        check_onnx(engine_dir / ENGINE_FILES["onnx"])
+    if manifest["status"] == "ok":
+        engine_file = ENGINE_FILES[manifest["format"]]
+        if engine_file not in listed:
+            raise CheckpointError(f"{engine_dir / engine_file}: the engine file is not listed in {MANIFEST}")
+        if manifest["format"] == "onnx":
+            check_onnx(engine_dir / engine_file)
     return manifest
 
 
@@ -252,8 +314,13 @@ class OrtRunner:
 class TorchScriptRunner:
     """A TorchScript module (fp32, or int8 from torch dynamic quantization) on CPU.
 
-    ``torch.jit.load`` reads TorchScript's own archive format; the sha256 check in
-    :func:`load_engine` runs first, so only a file this project wrote is ever loaded.
+    ``torch.jit.load`` reads TorchScript's own archive format, which can carry code that runs
+    on load; :func:`load_engine` verifies the directory first and opens one only when the
+    caller says it trusts it (``trust_torchscript=True``).
+
+    Call: ``module(input_ids, attention_mask)`` with two int64 (batch, seq) tensors, by
+    position, returning float (batch, classes) logits; ``token_type_ids`` is not an input
+    (the graph uses zeros, as BERT does when it is absent).
     """
 
     runtime = "torchscript"
@@ -326,34 +393,27 @@ RUNNERS: dict[str, Callable[[Path, dict, int, tuple[int, ...]], Runner]] = {
 }
 
 
-def load_engine(engine_dir: str | Path, num_threads: int = 2, worker_cores: tuple[int, ...] = ()) -> Runner:
-    """Verify ``engine_dir`` (sha256 of every file, ONNX checker) and return its Runner.
+def load_engine(
+    engine_dir: str | Path, num_threads: int = 2, worker_cores: tuple[int, ...] = (), trust_torchscript: bool = False
+) -> Runner:  # fmt: skip
+    """Verify ``engine_dir`` (:func:`verify_engine`) and return its Runner.
 
-    A skipped engine raises EngineSkipped carrying the manifest's reason.
+    A skipped engine raises EngineSkipped carrying the manifest's reason. A TorchScript
+    engine loads only with ``trust_torchscript=True``: a TorchScript archive is code
+    (``torch.jit.load`` runs its ``__setstate__`` methods), and the sha256 values in the
+    manifest prove the directory intact, not who wrote it. Pass True only for an engine you
+    built yourself or whose source you trust. ONNX and TensorRT engines need no trust flag.
     """
     engine_dir = Path(engine_dir)
     manifest = verify_engine(engine_dir)
     if manifest["status"] != "ok":
         raise EngineSkipped(f"{engine_dir}: engine was skipped: {manifest.get('reason', 'no reason recorded')}")
+    if manifest["format"] == "torchscript" and not trust_torchscript:
+        raise CheckpointError(
+            f"{engine_dir / ENGINE_FILES['torchscript']}: a TorchScript engine can run code when loaded; load it only if you "
+            "trust where it came from (trust_torchscript=True, or --trust-torchscript on the command line)"
+        )
     return RUNNERS[manifest["format"]](engine_dir, manifest, num_threads, worker_cores)
-
-
-def index_engines(root: str | Path) -> dict[str, Any]:
-    """A summary of every engine directory under ``root``: variant -> format, precision, status, size."""
-    root = Path(root)
-    out: dict[str, Any] = {}
-    for d in sorted(p for p in root.iterdir() if (p / MANIFEST).is_file()):
-        m = read_manifest(d)
-        engine_file = ENGINE_FILES[m["format"]]
-        entry = {k: m.get(k) for k in ("format", "precision", "status", "source_model")}
-        entry["path"] = d.name
-        if m["status"] == "ok":
-            entry["engine_file"] = engine_file
-            entry["engine_bytes"] = (d / engine_file).stat().st_size
-        else:
-            entry["reason"] = m.get("reason")
-        out[m["variant"]] = entry
-    return out
 
 
 def engine_metrics(manifest: dict[str, Any], engine_dir: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import random
 import shutil
@@ -42,6 +43,7 @@ from slimformer.config import ExportConfig
 from slimformer.data import load_split
 from slimformer.engines import (
     ENGINE_FILES,
+    INPUTS,
     MANIFEST,
     RUNNERS,
     OrtRunner,
@@ -50,12 +52,13 @@ from slimformer.engines import (
     TorchRunner,
     check_onnx,
     load_engine,
+    read_manifest,
     runtime_versions,
     source_labels,
     write_manifest,
 )
 from slimformer.errors import CheckpointError, ConfigError
-from slimformer.io import atomic_dir
+from slimformer.io import atomic_dir, write_json
 from slimformer.modeling import load_classifier, load_tokenizer
 from slimformer.training import batch_order, collate, encode
 
@@ -251,7 +254,7 @@ def copy_tokenizer(source_dir: Path, out_dir: Path) -> list[str]:
 def reference_runner(source_dir: Path, num_threads: int) -> Runner:
     """What an engine built from ``source_dir`` is compared with: the PyTorch model, or the source engine."""
     if (source_dir / MANIFEST).is_file():
-        return load_engine(source_dir, num_threads)
+        return load_engine(source_dir, num_threads, trust_torchscript=True)  # an engine an earlier stage of this pipeline built
     return TorchRunner(load_classifier(source_dir))
 
 
@@ -422,21 +425,81 @@ def seal_engine(
     engine_dir: Path, info: dict[str, Any], source_dir: Path, variant: str, cfg: ExportConfig, inputs: GateInputs,
     reference: Runner | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Finish an engine directory the exporter (or quantizer) filled: tokenizer, gate, manifest.
+    """Finish an engine directory the exporter (or quantizer) filled: tokenizer, config, gate, manifest.
 
     ``info`` is the exporter's answer. ``reference`` defaults to :func:`reference_runner`
     of ``source_dir``. Raises ParityError if the gate fails (the caller's atomic_dir then
-    discards the directory).
+    discards the directory). The directory is also a standard Hugging Face folder (see
+    :func:`write_standard_files`), so stock clients load it without slimformer.
     """
     info = dict(info)
     fields = {"format": info.pop("format"), "precision": info.pop("precision"), "variant": variant,
               "source_model": str(source_dir), "labels": source_labels(source_dir), "opset": info.pop("opset", None)}  # fmt: skip
     runtime = info.pop("runtime", {})
     copy_tokenizer(source_dir, engine_dir)
+    graph_inputs = engine_input_names(engine_dir, fields["format"])
+    write_standard_files(engine_dir, source_dir, fields["labels"], graph_inputs, cfg.max_length)
     engine = RUNNERS[fields["format"]](engine_dir, info, cfg.num_threads)
     reference = reference or reference_runner(source_dir, cfg.num_threads)
     parity = gate(engine, reference, fields["precision"], cfg, inputs, variant)
-    return write_manifest(engine_dir, **fields, parity=parity, runtime=runtime, extra=info)
+    io_fields = {"inputs": [i for i in INPUTS if i["name"] in graph_inputs], "max_length": cfg.max_length}
+    return write_manifest(engine_dir, **fields, parity=parity, runtime=runtime, extra=info | io_fields)
+
+
+def engine_input_names(engine_dir: Path, fmt: str) -> list[str]:
+    """The inputs the engine file takes, in order: read from the ONNX graph; the Runner contract otherwise."""
+    if fmt != "onnx":
+        return [i["name"] for i in INPUTS]
+    import onnx  # noqa: PLC0415
+
+    graph = onnx.load(str(engine_dir / ENGINE_FILES["onnx"]), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers]
+
+
+def model_config(source_dir: Path) -> dict[str, Any]:
+    """The Hugging Face ``config.json`` behind ``source_dir``: its own, or (an engine directory from
+    before engines carried one) that of the model its manifest names."""
+    named = manifest_source_model(source_dir)
+    for d in [source_dir] + ([Path(named)] if named else []):
+        if (d / "config.json").is_file():
+            return json.loads((d / "config.json").read_text(encoding="utf-8"))
+    raise CheckpointError(f"{source_dir}: no config.json (nor in the model its manifest names) to ship with the engine")
+
+
+def manifest_source_model(source_dir: Path) -> str:
+    """The ``source_model`` an engine directory's manifest names ("" for a model directory)."""
+    if (source_dir / MANIFEST).is_file():
+        return str(read_manifest(source_dir).get("source_model", ""))
+    return ""
+
+
+def write_standard_files(engine_dir: Path, source_dir: Path, labels: list[str], graph_inputs: list[str], max_length: int) -> None:
+    """Make ``engine_dir`` a folder stock clients load as it is.
+
+    ``config.json``: the source model's config with ``id2label``/``label2id`` from the labels
+    (what optimum's ``ORTModelForSequenceClassification`` and ``pipeline`` need).
+    ``tokenizer_config.json``: ``model_input_names`` set to the graph's inputs, so
+    ``session.run(None, dict(tokenizer(texts, return_tensors="np")))`` feeds exactly them (the
+    graphs take no ``token_type_ids``), and ``model_max_length`` set to the length the
+    engine was gated and measured at (``truncation=True`` then truncates as the benchmark
+    does). ``tokenizer.json`` is written from the fast tokenizer if the source had none.
+    """
+    config = model_config(source_dir)
+    config["id2label"] = {str(i): name for i, name in enumerate(labels)}
+    config["label2id"] = {name: i for i, name in enumerate(labels)}
+    config["num_labels"] = len(labels)
+    write_json(engine_dir / "config.json", config)
+    tok_config_path = engine_dir / "tokenizer_config.json"
+    tok_config = json.loads(tok_config_path.read_text(encoding="utf-8")) if tok_config_path.is_file() else {}
+    tok_config["model_input_names"] = list(graph_inputs)
+    tok_config["model_max_length"] = int(max_length)
+    write_json(tok_config_path, tok_config)
+    if not (engine_dir / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(engine_dir)
+        if not getattr(tokenizer, "is_fast", False):
+            raise CheckpointError(f"{source_dir}: no fast tokenizer to write tokenizer.json from")
+        tokenizer.backend_tokenizer.save(str(engine_dir / "tokenizer.json"))
 
 
 def build_engine(

@@ -21,6 +21,28 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (bottom-up), so its content is on disk before a rename publishes it."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -38,6 +60,9 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     _remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; the file gets the mode open() would give it (0666 less the umask),
+        # so a service user can read what the pipeline wrote.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
@@ -68,7 +93,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     _remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp creates 0700; give it mkdir's mode
         yield tmp
+        _fsync_tree(tmp)  # the files first: the rename must not publish a directory whose data is still in flight
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old"

@@ -24,8 +24,8 @@ from typing import Any
 
 from slimformer.benchmark import ONESTEP, TEACHER, safetensors_shapes, source_model_dir
 from slimformer.config import ReportConfig, SelectConfig
-from slimformer.engines import MANIFEST, read_manifest, verify_engine
-from slimformer.errors import SlimformerError
+from slimformer.engines import MANIFEST, read_manifest, safe_member, verify_engine
+from slimformer.errors import CheckpointError, SlimformerError
 from slimformer.io import atomic_dir, atomic_file
 
 LATENCY = ("batch_1", "p50_ms")  # the selection and Pareto latency: batch-1 p50
@@ -184,11 +184,15 @@ def copy_engine(engine_dir: str | Path, best_dir: str | Path) -> dict[str, Any]:
     raises CheckpointError and leaves any previous ``best_dir`` untouched.
     """
     engine_dir, best_dir = Path(engine_dir), Path(best_dir)
-    manifest = verify_engine(engine_dir)
+    manifest = verify_engine(engine_dir)  # refuses names that leave the directory, too
     with atomic_dir(best_dir) as tmp:
         for name in [*manifest["files"], MANIFEST]:
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(engine_dir / name, tmp / name)
+            # Checked again where the bytes go, so no name can write outside best/ whatever verify_engine allows.
+            target = safe_member(tmp, name) if name != MANIFEST else tmp / MANIFEST
+            if not target.resolve().is_relative_to(tmp.resolve()):
+                raise CheckpointError(f"{engine_dir / MANIFEST}: file name {name!r} would be copied outside {best_dir}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(engine_dir / name, target)
         verify_engine(tmp)
     return verify_engine(best_dir)
 
