@@ -291,3 +291,13 @@ def test_onestep_optimum_baseline_of_every_family(fam, tmp_path, checkpoints):
     m = build_onestep_baseline(checkpoints[fam], tmp_path / "onestep", "optimum")
     assert m["status"] == "ok" and "optimum_error" not in m, m.get("optimum_error")
     verify_engine(tmp_path / "onestep")
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_report_parameter_groups_cover_every_family(fam, checkpoints):
+    from slimformer.report import parameter_groups
+
+    groups = parameter_groups(checkpoints[fam])
+    assert groups["other"] == 0, groups  # every tensor lands in a named part
+    assert groups["total"] == sum(p.numel() for p in load_classifier(checkpoints[fam]).parameters())
+    assert min(groups["embeddings"], groups["attention"], groups["ffn"], groups["classifier"]) > 0
