@@ -178,13 +178,15 @@ def test_student_starts_from_teacher_layers(fam, checkpoints):
     assert 0 < macs_per_sequence(student, 32) < macs_per_sequence(teacher, 32)
 
 
+@pytest.mark.parametrize("measure", [("gradient", "taylor"), ("entropy", "magnitude")])
 @pytest.mark.parametrize("fam", FAMILIES)
-def test_structured_pruning_removes_heads_and_neurons_and_reloads(fam, tmp_path, checkpoints, data_dir):
+def test_structured_pruning_removes_heads_and_neurons_and_reloads(fam, measure, tmp_path, checkpoints, data_dir):
     model = load_classifier(checkpoints[fam])
     a = adapter_for(model)
     val = batches_of(checkpoints[fam], data_dir)
-    cfg = PruneStructuredConfig(heads_fraction=0.5, neurons_fraction=0.5, head_importance="gradient")
-    plan = make_plan(model, HEAD_IMPORTANCE["gradient"](model, val), NEURON_IMPORTANCE["taylor"](model, val), cfg)
+    heads, neurons = measure
+    cfg = PruneStructuredConfig(heads_fraction=0.5, neurons_fraction=0.5, head_importance=heads, neuron_importance=neurons)
+    plan = make_plan(model, HEAD_IMPORTANCE[heads](model, val), NEURON_IMPORTANCE[neurons](model, val), cfg)
     before = sum(p.numel() for p in model.parameters())
     apply_plan(model, plan)
     assert structure(model)["heads"] == LAYERS * 2 and structure(model)["neurons_per_layer"] == [32] * LAYERS

@@ -25,7 +25,7 @@ VARIANTS = (
 
 @pytest.fixture(scope="module")
 def roberta_repo(tmp_path_factory) -> Path:
-    ckpt = make_checkpoint("roberta", tmp_path_factory.mktemp("ckpt") / "roberta", layers=2)
+    ckpt = make_checkpoint("roberta", tmp_path_factory.mktemp("ckpt") / "roberta", layers=6)  # distill.init_layers: [0, 3, 5]
     overrides = yaml.safe_load((REPO / "tests" / "tiny_params.yaml").read_text())
     overrides["teacher"]["checkpoint"] = str(ckpt)
     overrides["teacher"]["train"]["lr"] = 1e-3  # a random-initialised encoder: only checks that it learns at all
