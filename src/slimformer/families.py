@@ -39,9 +39,10 @@ SUPPORTED: dict[str, Family] = {
     "xlm-roberta": Family("unigram", "bert", True),
     "electra": Family("wordpiece", "bert", True),
 }
-# deberta-v2 is refused: its disentangled attention (DisentangledSelfAttention) has no
-# prune_heads, so structured pruning could not remove heads and reload the result with
-# AutoModelForSequenceClassification; ORT's "bert" fusions do not match its attention either.
+# deberta-v2 is refused: in transformers 4.57 its _prune_heads raises NotImplementedError
+# ("The prune function is not implemented in DeBERTa model"), and its disentangled attention
+# has relative-position projections shared across heads, so structured pruning could not
+# remove heads and have the result reload with AutoModelForSequenceClassification.
 
 
 def family(model_type: str | None, where: str = "model") -> Family:
