@@ -40,9 +40,8 @@ SUPPORTED: dict[str, Family] = {
     "electra": Family("wordpiece", "bert", True),
 }
 # deberta-v2 is refused: in transformers 4.57 its _prune_heads raises NotImplementedError
-# ("The prune function is not implemented in DeBERTa model"), and its disentangled attention
-# has relative-position projections shared across heads, so structured pruning could not
-# remove heads and have the result reload with AutoModelForSequenceClassification.
+# ("The prune function is not implemented in DeBERTa model"), so structured pruning could
+# not remove heads and have the result reload with AutoModelForSequenceClassification.
 
 
 def family(model_type: str | None, where: str = "model") -> Family:
