@@ -6,7 +6,9 @@ would otherwise be ignored without a word. This stage tracks every param in the 
 ``prepare`` depends on its out, so a bad key stops ``dvc repro`` before any stage clears
 its outputs or starts work. The out only lists the checked sections: it stays the same
 when values change, and so never reruns anything downstream by itself; it is a persist
-out, so a failed check leaves the last good one in place.
+out, so a failed check leaves the last good one in place. It also checks the teacher
+checkpoint (its model family, its safetensors, its head against ``data.labels``) without
+loading any weights, so an unsupported model fails here, in seconds, not after training.
 """
 
 import argparse
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from slimformer.stage import stage_main
 from slimformer.config import load_all
+from slimformer.families import check_checkpoint
 from slimformer.io import write_json
 
 parser = argparse.ArgumentParser(prog="check_params.py", description=__doc__.splitlines()[0])
@@ -23,6 +26,8 @@ parser.add_argument("--out", required=True, help="JSON file naming the sections 
 
 def run(args: argparse.Namespace) -> None:
     sections = load_all(args.params)
+    teacher = sections["teacher"]
+    check_checkpoint(teacher.checkpoint, sections["data"].labels, trained_head=teacher.train.epochs == 0)
     write_json(args.out, {"params": Path(args.params).name, "sections": sorted(sections)})
     print(f"check_params: {args.params}: {len(sections)} sections valid ({', '.join(sections)})")
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 # and a download from a clone, all on one temporary repository) goes first: `make test` runs
 # `pytest -n 2 --dist loadfile`, which hands out whole modules in collection order, so one
 # worker starts on it at once and the other works through the rest meanwhile.
-LONGEST_FIRST = ("test_pipeline.py",)
+LONGEST_FIRST = ("test_pipeline.py", "test_pipeline_families.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

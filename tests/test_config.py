@@ -25,7 +25,7 @@ def test_defaults_equal_shipped_data_section():
     [
         ({"epohcs": 3}, "teacher.train.epohcs: unknown key (did you mean teacher.train.epochs?)"),
         ({"epochs": "two"}, "teacher.train.epochs: got 'two', expected an integer"),
-        ({"epochs": 0}, "teacher.train.epochs: got 0, allowed: an integer >= 1"),
+        ({"epochs": -1}, "teacher.train.epochs: got -1, allowed: an integer >= 0 (0: no training)"),
         ({"lr": 3}, "teacher.train.lr: got 3.0, allowed: a number in (0, 1)"),
         ({"group_by_length": "yes"}, "teacher.train.group_by_length: got 'yes', expected true or false"),
         ({"max_length": 4}, "teacher.train.max_length"),

@@ -2,8 +2,12 @@
 
 Compression code never spells out ``model.bert.encoder.layer[i].attention.self.query``:
 it asks the adapter for a layer's linear maps and the config keys that size them. The
-registry is keyed by ``config.model_type``; another family (RoBERTa shares BERT's layout,
-DistilBERT names its modules ``q_lin``/``ffn.lin1``...) is one more entry.
+registry is keyed by ``config.model_type``: BERT, RoBERTa, XLM-RoBERTa and ELECTRA share
+one layout (``<encoder>.layer[i].attention.self.query``...; only the base model's attribute,
+``bert``/``roberta``/``electra``, differs, and ``base_model`` hides it); DistilBERT names its
+modules ``transformer.layer[i].attention.q_lin``/``ffn.lin1`` and its config keys
+``n_layers``/``dim``/``n_heads``/``hidden_dim``. The families themselves (and why others are
+refused) are in :mod:`slimformer.families`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class LayerModules:
 
 @dataclass(frozen=True)
 class Adapter:
+    encoder: Callable[[PreTrainedModel], nn.Module]  # the module holding the blocks
     blocks: Callable[[PreTrainedModel], nn.ModuleList]  # the transformer blocks, bottom to top
     modules: Callable[[nn.Module], LayerModules]  # one block -> its linear maps
     embeddings: Callable[[PreTrainedModel], nn.Module]
@@ -61,7 +66,17 @@ def _bert_block(block: nn.Module) -> LayerModules:
     )  # fmt: skip
 
 
+def _distilbert_block(block: nn.Module) -> LayerModules:
+    att = block.attention
+    n = att.n_heads
+    ids = tuple(h for h in range(n + len(att.pruned_heads)) if h not in att.pruned_heads)
+    return LayerModules(
+        att.q_lin, att.k_lin, att.v_lin, att.out_lin, block.ffn.lin1, block.ffn.lin2, n, att.attention_head_size, ids,
+    )  # fmt: skip
+
+
 BERT = Adapter(
+    encoder=lambda m: m.base_model.encoder,
     blocks=lambda m: m.base_model.encoder.layer,
     modules=_bert_block,
     embeddings=lambda m: m.base_model.embeddings,
@@ -71,7 +86,25 @@ BERT = Adapter(
     ffn_key="intermediate_size",
 )
 
-ADAPTERS: dict[str, Adapter] = {"bert": BERT}
+DISTILBERT = Adapter(
+    encoder=lambda m: m.base_model.transformer,
+    blocks=lambda m: m.base_model.transformer.layer,
+    modules=_distilbert_block,
+    embeddings=lambda m: m.base_model.embeddings,
+    depth_key="n_layers",
+    hidden_key="dim",
+    heads_key="n_heads",
+    ffn_key="hidden_dim",
+)
+
+# one entry per supported family (slimformer.families.SUPPORTED); test_families checks they agree
+ADAPTERS: dict[str, Adapter] = {
+    "bert": BERT,
+    "distilbert": DISTILBERT,
+    "roberta": BERT,
+    "xlm-roberta": BERT,
+    "electra": BERT,
+}
 
 
 def adapter_for(model: PreTrainedModel | PretrainedConfig) -> Adapter:

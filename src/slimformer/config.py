@@ -15,7 +15,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
@@ -209,9 +209,11 @@ class TrainConfig(Section):
     num_threads: int = 2
     nproc: int = 1  # >1 launches DistributedDataParallel workers through torchrun
     seed: int = 0
+    min_epochs: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
+        low = self.min_epochs
+        check(self.epochs >= low, "epochs", f"an integer >= {low}" + (" (0: no training)" if low == 0 else ""), self.epochs)
         check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         check(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", self.eval_batch_size)
         check(0 < self.lr < 1, "lr", "a number in (0, 1)", self.lr)
@@ -224,11 +226,22 @@ class TrainConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class TeacherConfig(Section):
-    """``teacher``: which pretrained checkpoint to fine-tune, and how."""
+class TeacherTrainConfig(TrainConfig):
+    """``teacher.train``: as :class:`TrainConfig`, and ``epochs: 0`` keeps the checkpoint's own head untrained."""
 
-    checkpoint: str = "all-MiniLM-L6-v2"  # the packaged MiniLM, or a local BERT-family directory
-    train: TrainConfig = TrainConfig()
+    min_epochs: ClassVar[int] = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig(Section):
+    """``teacher``: which pretrained checkpoint to fine-tune, and how.
+
+    ``train.epochs: 0`` uses an already fine-tuned checkpoint as it is: its own
+    classification head, matched to ``data.labels`` by name.
+    """
+
+    checkpoint: str = "all-MiniLM-L6-v2"  # the packaged MiniLM, or a local directory of a supported family
+    train: TeacherTrainConfig = TeacherTrainConfig()
 
 
 # --- compression sections (distill, prune_structured, prune_dynamic) go here ---

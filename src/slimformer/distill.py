@@ -344,6 +344,31 @@ def corpus_token_ids(tokenizer, texts: Sequence[str]) -> list[int]:
     return sorted(used)
 
 
+def trim_unsupported(tokenizer) -> str | None:
+    """Why ``tokenizer``'s vocabulary cannot be trimmed with the same tokenization guaranteed; None if it can.
+
+    Only WordPiece with BERT's normaliser is rebuilt: greedy longest-match over a vocabulary
+    that keeps every piece the corpus used splits each corpus word the same way (checked
+    after rebuilding, sentence by sentence). Byte-level BPE applies merges whose intermediate
+    tokens need not appear in any output, and Unigram picks the most probable split over the
+    whole vocabulary, so dropping unused tokens can change how corpus words split: those
+    tokenizers keep their full vocabulary, and the student's metrics say why.
+    """
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    norm, model = state.get("normalizer") or {}, state.get("model") or {}
+    kind = model.get("type")
+    if kind == "WordPiece" and norm.get("type") == "BertNormalizer" and norm.get("clean_text", True):
+        return None
+    if kind == "BPE":
+        return ("byte-level BPE: its merges build tokens through intermediate tokens the corpus never outputs, "
+                "so a trimmed vocabulary could split corpus words differently; full vocabulary kept")  # fmt: skip
+    if kind == "Unigram":
+        return ("SentencePiece Unigram: the best split is chosen over the whole vocabulary, so removing unused "
+                "pieces could change the split of corpus words; full vocabulary kept")  # fmt: skip
+    return (f"tokenizer model {kind!r} with normalizer {norm.get('type')!r}: only BERT WordPiece vocabularies are "
+            "rebuilt with an identical tokenization; full vocabulary kept")  # fmt: skip
+
+
 def trimmed_tokenizer(tokenizer, keep: Sequence[int]) -> BertTokenizerFast:
     """A WordPiece tokenizer whose vocab is ``keep`` (old ids, in order): new id = position in ``keep``.
 
@@ -559,7 +584,8 @@ def distill(
     student, layer_map = build_student(teacher, cfg)
     keep, teacher_ids = None, None
     train_texts = [ex.text for ex in load_split(data_dir / "train.jsonl")]
-    if cfg.trim_vocab:
+    skipped = trim_unsupported(full_tok) if cfg.trim_vocab else None
+    if cfg.trim_vocab and skipped is None:
         tokenizer, keep, full_rows = trim_vocab(student, full_tok, train_texts)
         teacher_ids = torch.tensor(keep)  # the live teacher (hidden-state loss) takes the old ids
     splits = encode_splits(tokenizer, data_dir, t.max_length)
@@ -588,6 +614,8 @@ def distill(
     metrics["init_layers"] = list(layer_map) if layer_map else "random"
     metrics["augment"] = {"copies": cfg.augment.copies, "rows": len(aug_texts), "train_rows": len(train)}
     metrics["vocab"] = {"trimmed": False, "vocab_size": len(tokenizer)}
+    if skipped is not None:
+        metrics["vocab"]["skipped"] = skipped
     if keep is not None:
         test = load_split(data_dir / "test.jsonl")
         metrics["vocab"] = vocab_effect(

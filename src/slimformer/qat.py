@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from slimformer.adapters import adapter_for
 from slimformer.config import ExportConfig, QATConfig, StaticPTQConfig
 from slimformer.data import load_split
 from slimformer.distill import KDLoss, load_teacher_logits
@@ -132,15 +133,16 @@ class FakeQuantEmbedding(nn.Module):
 def wrap(model: nn.Module, cfg: QATConfig) -> list[str]:
     """Swap the encoder's Linears (and the word embeddings) for fake-quant versions, in place; return their names."""
     names = []
-    encoder = model.base_model.encoder
-    prefix = f"{model.base_model_prefix}.encoder."
+    adapter = adapter_for(model)
+    encoder = adapter.encoder(model)
+    prefix = next(n for n, m in model.named_modules() if m is encoder) + "."
     for name, module in list(encoder.named_modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Linear:
                 setattr(module, child_name, FakeQuantLinear(child, cfg.per_channel, cfg.ema_decay, cfg.observer_steps))
                 names.append(prefix + (f"{name}." if name else "") + child_name)
     if cfg.quantize_embeddings:  # ORT's int8 Gather covers every embedding table
-        emb = model.base_model.embeddings
+        emb = adapter.embeddings(model)
         for name, child in list(emb.named_children()):
             if type(child) is nn.Embedding:
                 setattr(emb, name, FakeQuantEmbedding(child))

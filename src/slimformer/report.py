@@ -201,19 +201,23 @@ def copy_engine(engine_dir: str | Path, best_dir: str | Path) -> dict[str, Any]:
 
 
 def parameter_groups(model_dir: str | Path) -> dict[str, int]:
-    """Parameters of a BERT-family model directory by part, read from its safetensors header."""
+    """Parameters of a model directory by part, read from its safetensors header.
+
+    Key names per family: BERT/RoBERTa/XLM-R/ELECTRA ``attention.*``, ``intermediate``/``output``;
+    DistilBERT ``attention.*`` + ``sa_layer_norm``, ``ffn.*`` + ``output_layer_norm``, ``pre_classifier``.
+    """
     groups = {"embeddings": 0, "attention": 0, "ffn": 0, "pooler": 0, "classifier": 0, "other": 0}
     for key, shape in safetensors_shapes(Path(model_dir) / "model.safetensors").items():
         size = math.prod(shape)
         if ".embeddings." in f".{key}":
             groups["embeddings"] += size
-        elif ".attention." in key:
+        elif ".attention." in key or ".sa_layer_norm." in key:
             groups["attention"] += size
-        elif ".intermediate." in key or ".output." in key:  # FFN in, FFN out and its LayerNorm
+        elif any(p in key for p in (".intermediate.", ".output.", ".ffn.", ".output_layer_norm.")):  # FFN in, out, LayerNorm
             groups["ffn"] += size
         elif "pooler." in key:
             groups["pooler"] += size
-        elif key.startswith("classifier.") or ".classifier." in key:
+        elif key.startswith(("classifier.", "pre_classifier.")) or ".classifier." in key:
             groups["classifier"] += size
         else:
             groups["other"] += size
