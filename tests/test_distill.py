@@ -15,11 +15,10 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 from slimformer.adapters import adapter_for
 from slimformer.config import AugmentConfig, DistillConfig, TrainConfig
-from slimformer.distill import (
-    KDLoss, augment_texts, build_student, cache_teacher_logits, corpus_token_ids, distill, hidden_mse, kd_loss,
-    load_teacher_logits, macs_per_sequence, remap_table, resolve_init_layers, trim_embeddings,
-    trimmed_tokenizer, verify_trimmed,
-)  # fmt: skip
+from slimformer.distill import build_student, distill, resolve_init_layers
+from slimformer.kd import KDLoss, augment_texts, cache_teacher_logits, hidden_mse, kd_loss, load_teacher_logits
+from slimformer.model_stats import macs_per_sequence
+from slimformer.vocab import corpus_token_ids, remap_table, trim_embeddings, trimmed_tokenizer, verify_trimmed
 from slimformer.errors import CheckpointError, ConfigError
 from slimformer.modeling import count_parameters, load_classifier, load_tokenizer
 from slimformer.training import Batch

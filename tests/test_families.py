@@ -22,11 +22,12 @@ from transformers import AutoModelForSequenceClassification
 from slimformer.adapters import ADAPTERS, adapter_for
 from slimformer.config import ConfigError, DistillConfig, ExportConfig, PTQConfig, PruneStructuredConfig, QATConfig
 from slimformer.config import TeacherConfig, TrainConfig
-from slimformer.distill import build_student, macs_per_sequence, remap_table, trim_unsupported, trim_vocab
+from slimformer.distill import build_student
 from slimformer.engines import verify_engine
 from slimformer.errors import CheckpointError
 from slimformer.export import build_engine
 from slimformer.families import SUPPORTED, check_checkpoint
+from slimformer.model_stats import macs_per_sequence
 from slimformer.modeling import load_classifier, load_tokenizer
 from slimformer.prune import (
     HEAD_IMPORTANCE, NEURON_IMPORTANCE, MagnitudePruner, apply_plan, make_plan, prunable_weights, sparsity_report,
@@ -36,6 +37,7 @@ from slimformer.qat import FakeQuantLinear, unwrap, wrap
 from slimformer.quantize import VARIANTS, ptq
 from slimformer.teacher import finetune, order_head
 from slimformer.training import collate, encode
+from slimformer.vocab import remap_table, trim_unsupported, trim_vocab
 
 EXPORT = ExportConfig(batch_sizes=(1, 8), lengths=(8, 32), min_agreement=0.5)
 LAYERS = 2

@@ -34,13 +34,14 @@ from transformers import PreTrainedModel
 
 from slimformer.adapters import adapter_for, ffn_magnitudes, shrink_linear
 from slimformer.config import PruneDynamicConfig, PruneStructuredConfig
-from slimformer.distill import (
-    KDLoss, encode_splits, kd_fit, load_teacher_logits, macs_per_sequence, model_metrics,
-)  # fmt: skip
 from slimformer.errors import CheckpointError, ConfigError
 from slimformer.io import sha256_file, write_json
+from slimformer.kd import KDLoss, kd_fit, load_teacher_logits
+from slimformer.model_stats import macs_per_sequence, model_metrics
 from slimformer.modeling import count_parameters, load_classifier, load_tokenizer, save_model
-from slimformer.training import Batch, Encoded, batch_order, collate, epoch_steps, evaluate, progress, run_fingerprint, world
+from slimformer.training import (
+    Batch, Encoded, batch_order, collate, encode_splits, epoch_steps, evaluate, progress, run_fingerprint, world,
+)  # fmt: skip
 
 # ------------------------------------------------------------------------------ importance
 

@@ -38,11 +38,11 @@ from torch.nn import functional as F
 from slimformer.adapters import adapter_for
 from slimformer.config import ExportConfig, QATConfig, StaticPTQConfig
 from slimformer.data import load_split
-from slimformer.distill import KDLoss, load_teacher_logits
 from slimformer.engines import ENGINE_FILES, OrtRunner, runtime_versions
 from slimformer.errors import ConfigError
 from slimformer.export import export_onnx, gate_inputs, seal_engine
 from slimformer.io import atomic_dir, sha256_file
+from slimformer.kd import KDLoss, load_teacher_logits
 from slimformer.modeling import load_classifier, load_tokenizer, save_model
 from slimformer.quantize import (
     calibration_batches, labelled_batches, linear_matmuls, preprocess, quantize_static, runner_metrics,

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from slimformer.config import TrainConfig
-from slimformer.data import Example
+from slimformer.data import SPLITS, Example, load_split
 from slimformer.io import atomic_dir
 from slimformer.seed import set_seed
 
@@ -58,6 +58,11 @@ def encode(tokenizer, examples: list[Example], max_length: int) -> Encoded:
     """Tokenize once (no padding); batches pad later to their own longest sentence."""
     enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=max_length, padding=False)
     return Encoded(enc["input_ids"], [ex.label for ex in examples])
+
+
+def encode_splits(tokenizer, data_dir: Path, max_length: int) -> dict[str, Encoded]:
+    """Every prepared split (``train``, ``val``, ``test`` under ``data_dir``), tokenized by :func:`encode`."""
+    return {s: encode(tokenizer, load_split(data_dir / f"{s}.jsonl"), max_length) for s in SPLITS}
 
 
 def batch_order(
