@@ -27,14 +27,13 @@ from slimformer.engines import verify_engine
 from slimformer.errors import CheckpointError
 from slimformer.export import build_engine
 from slimformer.families import SUPPORTED, check_checkpoint
+from slimformer.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE
 from slimformer.model_stats import macs_per_sequence
 from slimformer.modeling import load_classifier, load_tokenizer
-from slimformer.prune import (
-    HEAD_IMPORTANCE, NEURON_IMPORTANCE, MagnitudePruner, apply_plan, make_plan, prunable_weights, sparsity_report,
-    structure,
-)  # fmt: skip
+from slimformer.prune import apply_plan, make_plan, structure
 from slimformer.qat import FakeQuantLinear, unwrap, wrap
 from slimformer.quantize import VARIANTS, ptq
+from slimformer.sparsity import MagnitudePruner, prunable_weights, sparsity_report
 from slimformer.teacher import finetune, order_head
 from slimformer.training import collate, encode
 from slimformer.vocab import remap_table, trim_unsupported, trim_vocab

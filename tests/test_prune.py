@@ -16,9 +16,10 @@ from slimformer import config as config_module
 from slimformer.config import DistillConfig, PruneDynamicConfig, PruneStructuredConfig, TrainConfig
 from slimformer.errors import ConfigError
 from slimformer.modeling import count_parameters, load_classifier
-from slimformer.prune import (
-    HEAD_IMPORTANCE, NEURON_IMPORTANCE, MagnitudePruner, apply_plan, cubic_sparsity, gate_gradients, gates,
-    make_plan, magnitude_masks, prunable_weights, schedule_end, sparsity_report, structure,
+from slimformer.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE, gate_gradients, gates
+from slimformer.prune import apply_plan, make_plan, structure
+from slimformer.sparsity import (
+    MagnitudePruner, cubic_sparsity, magnitude_masks, prunable_weights, schedule_end, sparsity_report,
 )  # fmt: skip
 from slimformer.training import Batch, Encoded, collate, fit
 

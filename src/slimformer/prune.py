@@ -1,7 +1,7 @@
 """Pruning: structured (heads and FFN neurons physically removed) and dynamic (gradual magnitude).
 
 Structured pruning is a plan, then an application. Importance is measured on validation
-data; the plan (JSON: layer, kind, indices, scores) names what goes; small per-module
+data (:mod:`slimformer.importance`); the plan (JSON: layer, kind, indices, scores) names what goes; small per-module
 functions apply it (``model.prune_heads`` and ``prune_linear_layer``), leaving smaller weight
 matrices that a dense kernel runs faster. Hugging Face configs record pruned heads per
 layer (``config.pruned_heads``) but only one ``intermediate_size``, so the same number of FFN
@@ -9,174 +9,35 @@ neurons is removed from every layer (each layer picks its own least important on
 saved directory then reloads with ``from_pretrained`` at the reduced shapes.
 
 Dynamic pruning zeroes individual weights by magnitude on the cubic schedule of Zhu & Gupta
-(2017) while a KD fine-tune recovers. The zeros shrink the compressed file, not the dense
-kernels' work: no latency gain is claimed for it.
+(2017) while a KD fine-tune recovers (schedule, masks and pruner: :mod:`slimformer.sparsity`).
+The zeros shrink the compressed file, not the dense kernels' work: no latency gain is claimed for it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import statistics
 import time
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import transformers
 from torch import nn
-from torch.nn import functional as F
 from transformers import PreTrainedModel
 
-from slimformer.adapters import adapter_for, ffn_magnitudes, shrink_linear
+from slimformer.adapters import adapter_for, shrink_linear
 from slimformer.config import PruneDynamicConfig, PruneStructuredConfig
 from slimformer.errors import CheckpointError, ConfigError
+from slimformer.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE, importance_batches
+from slimformer.importance import entropy_head_importance  # noqa: F401 - report.py imports it from here
 from slimformer.io import sha256_file, write_json
 from slimformer.kd import KDLoss, kd_fit, load_teacher_logits
 from slimformer.model_stats import macs_per_sequence, model_metrics
 from slimformer.modeling import count_parameters, load_classifier, load_tokenizer, save_model
-from slimformer.training import (
-    Batch, Encoded, batch_order, collate, encode_splits, epoch_steps, evaluate, progress, run_fingerprint, world,
-)  # fmt: skip
-
-# ------------------------------------------------------------------------------ importance
-
-
-def _val_batches(data: Encoded, pad_id: int, batch_size: int, max_batches: int, seed: int) -> list[Batch]:
-    """Batches of ``data`` (all, or a seeded random ``max_batches`` of them)."""
-    order = batch_order([len(x) for x in data.input_ids], batch_size, max_batches > 0, seed, True)
-    if max_batches > 0:
-        order = order[:max_batches]
-    return [collate(data, idx, pad_id) for idx in order]
-
-
-@contextlib.contextmanager
-def gates(model: PreTrainedModel) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
-    """Multiplicative gates, all ones, on every head's context and every FFN neuron's activation.
-
-    Yields ``(head_gates, neuron_gates)``: per layer tensors ``(heads,)`` and ``(intermediate,)``.
-    Gating the input of the attention output projection is the same as Michel et al.'s
-    head mask on the attention probabilities, but works with SDPA and with layers that
-    already lost heads (HF's ``head_mask`` argument needs the same head count in every layer).
-    """
-    head_g, neuron_g, handles = [], [], []
-    for layer in adapter_for(model).layers(model):
-        hg = torch.ones(layer.num_heads, requires_grad=True)
-        ng = torch.ones(layer.ffn_in.out_features, requires_grad=True)
-        handles.append(layer.attn_out.register_forward_pre_hook(_gate_hook(hg, layer.head_size)))
-        handles.append(layer.ffn_out.register_forward_pre_hook(_gate_hook(ng, 1)))
-        head_g.append(hg)
-        neuron_g.append(ng)
-    try:
-        yield head_g, neuron_g
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _gate_hook(gate: torch.Tensor, group: int):
-    def hook(module: nn.Module, args: tuple) -> tuple:
-        return (args[0] * gate.repeat_interleave(group),)  # (batch, seq, units * group)
-
-    return hook
-
-
-def gate_gradients(
-    model: PreTrainedModel, batches: list[Batch], cache: dict | None = None
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Sum over batches of ``|dL/d gate|`` (L = cross-entropy on the labels) for heads and neurons.
-
-    For a neuron this is ``|sum_tokens activation * dL/d activation|``: first-order Taylor importance.
-    One backward pass gives both; ``cache`` (a dict shared by one scoring run) keeps the result
-    so that head and neuron scores do not pay for it twice.
-    """
-    if cache is not None and "gate_gradients" in cache:
-        return cache["gate_gradients"]
-    model.eval()  # importance of the deterministic network: no dropout
-    with gates(model) as (head_g, neuron_g):
-        acc_h = [torch.zeros_like(g) for g in head_g]
-        acc_n = [torch.zeros_like(g) for g in neuron_g]
-        for b in progress(batches, desc="importance (gradients)", unit="batch"):
-            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
-            grads = torch.autograd.grad(F.cross_entropy(logits, b.labels), head_g + neuron_g)
-            for a, g in zip(acc_h + acc_n, grads, strict=True):
-                a += g.abs()
-    if cache is not None:
-        cache["gate_gradients"] = (acc_h, acc_n)
-    return acc_h, acc_n
-
-
-def gradient_head_importance(
-    model: PreTrainedModel, batches: list[Batch], cache: dict | None = None
-) -> list[torch.Tensor]:
-    """Michel et al. (2019): ``sum |dL/d head_gate|``, normalised to unit L2 norm in each layer.
-
-    Per layer ``(heads,)``; the normalisation makes scores comparable across layers for a
-    global ranking, as in the paper.
-    """
-    heads, _ = gate_gradients(model, batches, cache)
-    return [h / h.norm().clamp_min(1e-12) for h in heads]
-
-
-@torch.inference_mode()
-def entropy_head_importance(
-    model: PreTrainedModel, batches: list[Batch], cache: dict | None = None
-) -> list[torch.Tensor]:
-    """``1 - mean normalised attention entropy`` per head ``(heads,)``: focused heads score high.
-
-    Entropy of each real query's attention row is divided by ``log(real tokens)``, so a head
-    attending uniformly scores 0 whatever the sentence length.
-    """
-    model.eval()
-    sums: list[torch.Tensor] | None = None
-    count = 0.0
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # SDPA falls back to eager for attentions: expected
-    try:
-        for b in progress(batches, desc="head importance (entropy)", unit="batch"):
-            out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_attentions=True)
-            mask = b.attention_mask.float()  # (batch, seq)
-            norm = mask.sum(-1).clamp_min(2).log()[:, None, None]  # (batch, 1, 1)
-            per_layer = []
-            for p in out.attentions:  # (batch, heads, seq, seq)
-                ent = -(p * p.clamp_min(1e-12).log()).sum(-1) / norm  # (batch, heads, seq)
-                per_layer.append((ent * mask[:, None, :]).sum((0, 2)))  # (heads,)
-            sums = per_layer if sums is None else [s + x for s, x in zip(sums, per_layer, strict=True)]
-            count += float(mask.sum())
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-    return [1 - s / count for s in sums]
-
-
-def taylor_neuron_importance(
-    model: PreTrainedModel, batches: list[Batch], cache: dict | None = None
-) -> list[torch.Tensor]:
-    """``sum |activation x gradient|`` per FFN neuron ``(intermediate,)`` (Molchanov et al. 2017)."""
-    _, neurons = gate_gradients(model, batches, cache)
-    return neurons
-
-
-def magnitude_neuron_importance(
-    model: PreTrainedModel, batches: list[Batch], cache: dict | None = None
-) -> list[torch.Tensor]:
-    """``||W_in[n, :]|| * ||W_out[:, n]||`` per FFN neuron ``(intermediate,)``; needs no data."""
-    return [ffn_magnitudes(layer) for layer in adapter_for(model).layers(model)]
-
-
-# Each measure: fn(model, validation batches, cache) -> per layer scores, higher = more important.
-Importance = Callable[[PreTrainedModel, list[Batch], dict | None], list[torch.Tensor]]
-HEAD_IMPORTANCE: dict[str, Importance] = {
-    "gradient": gradient_head_importance,
-    "entropy": entropy_head_importance,
-}
-NEURON_IMPORTANCE: dict[str, Importance] = {
-    "taylor": taylor_neuron_importance,
-    "magnitude": magnitude_neuron_importance,
-}
+from slimformer.sparsity import NOTE, MagnitudePruner, file_sizes, prunable_weights, schedule_end, sparsity_report
+from slimformer.training import Batch, Encoded, collate, encode_splits, epoch_steps, evaluate, run_fingerprint, world
 
 # ------------------------------------------------------------------------------ plan
 
@@ -393,7 +254,7 @@ def prune_structured(
     before_model = copy.deepcopy(model)
     before = model_metrics(model, splits, logits, pad, t.eval_batch_size, t.max_length) | structure(model)
 
-    batches = _val_batches(splits["val"], pad, t.eval_batch_size, cfg.importance_batches, t.seed)
+    batches = importance_batches(splits["val"], pad, t.eval_batch_size, cfg.importance_batches, t.seed)
     cache: dict = {}  # gradient head scores and Taylor neuron scores share one backward pass
     head_scores = HEAD_IMPORTANCE[cfg.head_importance](model, batches, cache)
     neuron_scores = NEURON_IMPORTANCE[cfg.neuron_importance](model, batches, cache)
@@ -460,155 +321,6 @@ def _reload_max_diff(model: PreTrainedModel, out_dir: str | Path, batch: Batch) 
     if diff > 1e-4:
         raise CheckpointError(f"{out_dir}: reloaded model differs from the pruned one (max |diff| {diff:.2e})")
     return diff
-
-
-# ------------------------------------------------------------------------------ gradual magnitude pruning
-
-
-def cubic_sparsity(step: int, initial: float, final: float, begin: int, end: int) -> float:
-    """Zhu & Gupta (2017): ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3``, clamped to [t0, t0 + n*dt]."""
-    if step <= begin:
-        return initial
-    if step >= end:
-        return final
-    return final + (initial - final) * (1 - (step - begin) / (end - begin)) ** 3
-
-
-def prunable_weights(
-    model: PreTrainedModel, prune_embeddings: bool = False, prune_classifier: bool = False
-) -> dict[str, nn.Parameter]:
-    """Weights GMP may zero, by parameter name: every linear weight in the blocks, plus opt-ins.
-
-    ``prune_classifier`` adds the linear maps outside the blocks (pooler and classifier);
-    ``prune_embeddings`` adds the embedding tables. Biases and LayerNorms are never pruned.
-    """
-    inside = {id(lin.weight) for layer in adapter_for(model).layers(model) for lin in layer.linears().values()}
-    extra: set[int] = set()
-    for m in model.modules():
-        if prune_classifier and isinstance(m, nn.Linear) and id(m.weight) not in inside:
-            extra.add(id(m.weight))
-        if prune_embeddings and isinstance(m, nn.Embedding):
-            extra.add(id(m.weight))
-    return {n: p for n, p in model.named_parameters() if id(p) in inside | extra}
-
-
-def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, ranking: str) -> dict[str, torch.Tensor]:
-    """Boolean keep-masks zeroing the ``round(sparsity * n)`` smallest-magnitude weights.
-
-    ``ranking="global"`` ranks all weights together (one threshold), ``"per_layer"`` each tensor.
-    Ties are broken by position, so the masks are deterministic.
-    """
-    def lowest(flat: torch.Tensor) -> torch.Tensor:
-        keep = torch.ones_like(flat, dtype=torch.bool)
-        keep[torch.argsort(flat.abs(), stable=True)[: round(sparsity * flat.numel())]] = False
-        return keep
-
-    if ranking == "per_layer":
-        return {n: lowest(w.detach().flatten()).view_as(w) for n, w in weights.items()}
-    flat = lowest(torch.cat([w.detach().flatten() for w in weights.values()]))
-    out, start = {}, 0
-    for n, w in weights.items():
-        out[n] = flat[start : start + w.numel()].view_as(w)
-        start += w.numel()
-    return out
-
-
-class MagnitudePruner:
-    """Gradual magnitude pruning as an ``on_step(step)`` callback of the training loop.
-
-    At every ``frequency``-th step in ``[begin, end]`` masks are recomputed at the scheduled
-    sparsity; after every optimizer step the current masks are re-applied, because AdamW's
-    momentum would otherwise revive pruned weights. A resumed run rebuilds its masks from
-    the weights (already-zero weights are the smallest, so they stay pruned).
-    """
-
-    def __init__(
-        self, weights: dict[str, nn.Parameter], initial: float, final: float, begin: int, end: int,
-        frequency: int, ranking: str,
-    ) -> None:  # fmt: skip
-        self.weights, self.initial, self.final = weights, initial, final
-        self.begin, self.end, self.frequency, self.ranking = begin, end, frequency, ranking
-        self.masks: dict[str, torch.Tensor] | None = None
-        self.target = 0.0
-
-    def __call__(self, step: int) -> None:
-        if step < self.begin:
-            return
-        scheduled = step <= self.end and ((step - self.begin) % self.frequency == 0 or step == self.end)
-        if self.masks is None or scheduled:
-            self.target = cubic_sparsity(step, self.initial, self.final, self.begin, self.end)
-            self.masks = magnitude_masks(self.weights, self.target, self.ranking)
-        self.apply()
-
-    @torch.no_grad()
-    def apply(self) -> None:
-        for n, w in self.weights.items():
-            w.mul_(self.masks[n])
-
-    def finalize(self) -> None:
-        """Prune to the final sparsity and drop the masks: the zeros are now plain weights."""
-        self.target = self.final
-        self.masks = magnitude_masks(self.weights, self.final, self.ranking)
-        self.apply()
-        self.masks = None
-
-
-def sparsity_report(model: PreTrainedModel, weights: dict[str, nn.Parameter]) -> dict[str, Any]:
-    """Fraction of exact zeros: per block (layer), per prunable tensor group outside blocks, overall."""
-    adapter = adapter_for(model)
-    block_of = {
-        id(lin.weight): f"layer_{i}"
-        for i, layer in enumerate(adapter.layers(model)) for lin in layer.linears().values()
-    }  # fmt: skip
-    zeros: dict[str, list[int]] = {}
-    for n, w in weights.items():
-        group = block_of.get(id(w), n.rsplit(".", 1)[0])
-        z = zeros.setdefault(group, [0, 0])
-        z[0] += int((w == 0).sum())
-        z[1] += w.numel()
-    total_zero = sum(z for z, _ in zeros.values())
-    total = sum(n for _, n in zeros.values())
-    all_params = sum(p.numel() for p in model.parameters())
-    all_zero = sum(int((p == 0).sum()) for p in model.parameters())
-    return {
-        "overall": total_zero / total,
-        "per_layer": {g: z / n for g, (z, n) in zeros.items()},
-        "prunable_weights": total,
-        "zero_weights": total_zero,
-        "all_params_sparsity": all_zero / all_params,
-    }
-
-
-def file_sizes(path: str | Path) -> dict[str, int]:
-    """Bytes of a file on disk and inside a deflate-compressed zip archive."""
-    path = Path(path)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.write(path, path.name)
-    return {"dense_bytes": path.stat().st_size, "zip_bytes": len(buf.getvalue())}
-
-
-NOTE = (
-    "Unstructured sparsity: the zeroed weights stay in dense matrices, so dense CPU kernels do the same "
-    "work and latency does not improve; the gain is in the compressed file size (zip_bytes) and, later, "
-    "in sparse-aware runtimes. Structured pruning (prune_structured) is what makes the model faster."
-)
-
-
-def schedule_end(cfg: PruneDynamicConfig, steps_per_epoch: int) -> int:
-    """The last sparsity update: ``end_step``, or 3/4 of the first epoch when it is 0.
-
-    The ramp must end within the first epoch: the trainer keeps the best epoch's weights,
-    and every epoch it can pick must already be at the final sparsity.
-    """
-    end = cfg.end_step or max(cfg.begin_step + 1, round(0.75 * steps_per_epoch))
-    if end > steps_per_epoch:
-        which = "end_step" if cfg.end_step else "begin_step"
-        raise ConfigError(
-            f"prune_dynamic.{which}: the sparsity ramp would end at step {end}; allowed: at most {steps_per_epoch} "
-            "(the steps of one epoch), so that every epoch the trainer can keep is at the final sparsity"
-        )
-    return end
 
 
 def prune_dynamic(
