@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -22,7 +21,7 @@ from slimformer.families import check_checkpoint, head_labels
 from slimformer.io import sha256_file
 from slimformer.modeling import count_parameters, load_classifier, load_tokenizer, resolve_checkpoint, save_model
 from slimformer.seed import set_seed
-from slimformer.training import classification_metrics, encode, fit, predict_logits, run_fingerprint, world
+from slimformer.training import encode, encode_splits, evaluate, fit, run_fingerprint, world
 
 
 def finetune(
@@ -46,7 +45,7 @@ def finetune(
         return use_trained_head(cfg, src, tokenizer, labels, data_dir, out_dir, ckpt_dir, on_epoch)
     set_seed(t.seed)  # the new classification head is initialised here: seeded, so reruns repeat
     model = load_classifier(src, labels)
-    splits = {s: encode(tokenizer, load_split(data_dir / f"{s}.jsonl"), t.max_length) for s in ("train", "val", "test")}
+    splits = encode_splits(tokenizer, data_dir, t.max_length)
     fingerprint = run_fingerprint(t, cfg.checkpoint, sha256_file(data_dir / "train.jsonl"), world()[1])
     result = fit(
         model, splits["train"], splits["val"], t, tokenizer.pad_token_id, ckpt_dir, fingerprint,
@@ -54,8 +53,7 @@ def finetune(
     )  # fmt: skip
     if world()[0] != 0:
         return {}
-    test_logits = predict_logits(model, splits["test"], t.eval_batch_size, tokenizer.pad_token_id)
-    test = classification_metrics(test_logits, np.asarray(splits["test"].labels))
+    test = evaluate(model, splits["test"], t.eval_batch_size, tokenizer.pad_token_id)
     save_model(model, tokenizer, out_dir, extra={"source_checkpoint": cfg.checkpoint, "labels": labels})
     return {
         "val_accuracy": result.best_val["val_accuracy"],
@@ -120,9 +118,7 @@ def use_trained_head(
     splits = {s: encode(tokenizer, load_split(data_dir / f"{s}.jsonl"), t.max_length) for s in ("val", "test")}
     out: dict[str, Any] = {}
     for split, enc in splits.items():
-        m = classification_metrics(
-            predict_logits(model, enc, t.eval_batch_size, tokenizer.pad_token_id), np.asarray(enc.labels)
-        )
+        m = evaluate(model, enc, t.eval_batch_size, tokenizer.pad_token_id)
         out |= {f"{split}_accuracy": m["accuracy"], f"{split}_macro_f1": m["macro_f1"]}
     Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
     if on_epoch is not None:

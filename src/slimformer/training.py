@@ -5,6 +5,10 @@ Batches are padded to their own longest sentence and, by default, grouped by len
 which removes most of the padding a random batch carries. Each epoch ends with a
 checkpoint (safetensors weights, optimizer state loaded with ``weights_only=True``)
 so an interrupted run resumes from its last completed epoch.
+
+Every torch-side accuracy goes through one path: :func:`predict_logits` (logits in data
+order) and :func:`classification_metrics` (scikit-learn's macro-F1), or :func:`evaluate`,
+which chains them.
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ def predict_logits(model: nn.Module, data: Encoded, batch_size: int, pad_id: int
 
 
 def evaluate(model: nn.Module, data: Encoded, batch_size: int, pad_id: int) -> dict[str, float]:
+    """Accuracy and macro-F1 of ``model`` on ``data``: :func:`predict_logits`, then :func:`classification_metrics`."""
     logits = predict_logits(model, data, batch_size, pad_id)
     return classification_metrics(logits, np.asarray(data.labels))
 

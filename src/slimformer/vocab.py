@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import BertTokenizerFast, PreTrainedModel
 
 from slimformer.errors import CheckpointError, ConfigError
 from slimformer.modeling import count_parameters
-from slimformer.training import Encoded, classification_metrics, encode, predict_logits
+from slimformer.training import Encoded, encode, evaluate
 
 
 def corpus_token_ids(tokenizer, texts: Sequence[str]) -> list[int]:
@@ -171,7 +170,6 @@ def vocab_effect(
     full_enc = encode(full_tok, test, max_length)
     trimmed_enc = encode(trimmed_tok, test, max_length)
     full = untrimmed_copy(student, keep, full_rows)
-    full_logits = predict_logits(full, full_enc, batch_size, full_tok.pad_token_id)
     return {
         "trimmed": True,
         "vocab_size_before": len(full_tok),
@@ -179,5 +177,5 @@ def vocab_effect(
         "params_before": count_parameters(full),
         "test_unk_rate_before": unk_rate(full_tok, full_enc),
         "test_unk_rate_after": unk_rate(trimmed_tok, trimmed_enc),
-        "test_accuracy_untrimmed": classification_metrics(full_logits, np.asarray(full_enc.labels))["accuracy"],
+        "test_accuracy_untrimmed": evaluate(full, full_enc, batch_size, full_tok.pad_token_id)["accuracy"],
     }
