@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from slimformer import benchmark as bm
+from slimformer import measure
 from slimformer import config as config_module
 from slimformer.config import BenchmarkConfig
 from slimformer.engines import write_manifest
@@ -42,19 +43,19 @@ def one_thread():
 
 
 def test_percentiles_match_numpy_on_known_samples():
-    assert bm.percentiles([1.0, 2.0, 3.0, 4.0]) == {"p50_ms": 2.5, "p95_ms": pytest.approx(3.85), "p99_ms": pytest.approx(3.97)}
+    assert measure.percentiles([1.0, 2.0, 3.0, 4.0]) == {"p50_ms": 2.5, "p95_ms": pytest.approx(3.85), "p99_ms": pytest.approx(3.97)}
     x = np.random.default_rng(0).lognormal(0.0, 0.5, size=1001)
-    got = bm.percentiles(x)
+    got = measure.percentiles(x)
     for q in (50, 95, 99):
         assert got[f"p{q}_ms"] == pytest.approx(float(np.percentile(x, q)), rel=1e-12)
     assert got["p50_ms"] == pytest.approx(float(np.median(x)))
     with pytest.raises(ValueError):
-        bm.percentiles([])
+        measure.percentiles([])
 
 
 def test_latency_stats_pool_rounds_and_keep_round_medians():
     rounds = [[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]]
-    s = bm.latency_stats(rounds, batch_size=4)
+    s = measure.latency_stats(rounds, batch_size=4)
     assert s["p50_ms"] == pytest.approx(float(np.percentile([1, 2, 3, 10, 20, 30], 50)))
     assert s["round_p50_ms"] == [2.0, 20.0]
     assert s["calls"] == 6
@@ -64,7 +65,7 @@ def test_latency_stats_pool_rounds_and_keep_round_medians():
 def test_speedups_are_baseline_over_variant_and_per_round_median():
     base = {"p50_ms": 10.0, "p95_ms": 20.0, "p99_ms": 40.0, "round_p50_ms": [9.0, 10.0, 12.0]}
     var = {"p50_ms": 2.0, "p95_ms": 5.0, "p99_ms": 8.0, "round_p50_ms": [3.0, 2.0, 2.0]}
-    s = bm.speedups(base, var)
+    s = measure.speedups(base, var)
     assert (s["p50"], s["p95"], s["p99"]) == (5.0, 4.0, 5.0)
     assert s["p50_round_median"] == 5.0  # median of 3, 5, 6
     assert (s["p50_round_min"], s["p50_round_max"]) == (3.0, 6.0)
@@ -72,7 +73,7 @@ def test_speedups_are_baseline_over_variant_and_per_round_median():
 
 def test_schedule_runs_every_variant_once_per_round_and_rotates():
     names = ["a", "b", "c", "d", "e"]
-    order = bm.schedule(names, rounds=12, seed=3)
+    order = measure.schedule(names, rounds=12, seed=3)
     assert len(order) == 12
     for r in order:
         assert sorted(r) == names  # every variant exactly once per round
@@ -80,18 +81,18 @@ def test_schedule_runs_every_variant_once_per_round_and_rotates():
     for pos in range(5):  # across a cycle, every variant takes every position once
         assert sorted(r[pos] for r in first_cycle) == names
     assert all(order[i][0] != order[i + 1][0] for i in range(11))
-    assert order == bm.schedule(names, rounds=12, seed=3)
-    assert order != bm.schedule(names, rounds=12, seed=4)
+    assert order == measure.schedule(names, rounds=12, seed=3)
+    assert order != measure.schedule(names, rounds=12, seed=4)
     with pytest.raises(ValueError, match="duplicate"):
-        bm.schedule(["a", "a"], 2, 0)
+        measure.schedule(["a", "a"], 2, 0)
 
 
 def test_round_slices_time_every_input_repeats_times_in_balanced_rounds():
-    sl = bm.round_slices(n_items=7, repeats=3, rounds=4)
+    sl = measure.round_slices(n_items=7, repeats=3, rounds=4)
     assert len(sl) == 4 and sorted(len(r) for r in sl) == [5, 5, 5, 6]
     flat = [i for r in sl for i in r]
     assert sorted(flat) == sorted(list(range(7)) * 3)
-    assert bm.round_slices(2, 1, 4) == [[], [0], [], [1]]  # fewer calls than rounds: some rounds are empty
+    assert measure.round_slices(2, 1, 4) == [[], [0], [], [1]]  # fewer calls than rounds: some rounds are empty
 
 
 def test_run_rounds_times_each_round_slice_in_schedule_order():
@@ -108,9 +109,9 @@ def test_run_rounds_times_each_round_slice_in_schedule_order():
         return np.full((1, 3), i, np.int64), np.ones((1, 3), np.int64)
 
     inputs = {v: {"batch_1": [batch(i) for i in range(4)], "batch_4": [batch(10 + i) for i in range(2)]} for v in "xy"}
-    order = bm.schedule(["x", "y"], rounds=2, seed=0)
-    slices = {"batch_1": bm.round_slices(4, 1, 2), "batch_4": bm.round_slices(2, 1, 2)}
-    times = bm.run_rounds({"x": runner("x"), "y": runner("y")}, inputs, order, slices, pause_s=0)
+    order = measure.schedule(["x", "y"], rounds=2, seed=0)
+    slices = {"batch_1": measure.round_slices(4, 1, 2), "batch_4": measure.round_slices(2, 1, 2)}
+    times = measure.run_rounds({"x": runner("x"), "y": runner("y")}, inputs, order, slices, pause_s=0)
     assert [len(r) for r in times["x"]["batch_1"]] == [2, 2] and [len(r) for r in times["y"]["batch_4"]] == [1, 1]
     expected = [(v, i) for r in range(2) for v in order[r] for i in [*slices["batch_1"][r], *(10 + j for j in slices["batch_4"][r])]]
     assert calls == expected
@@ -120,8 +121,8 @@ def test_run_rounds_times_each_round_slice_in_schedule_order():
 def test_speedups_skip_rounds_without_calls():
     base = {"p50_ms": 4.0, "p95_ms": 4.0, "p99_ms": 4.0, "round_p50_ms": [None, 4.0]}
     var = {"p50_ms": 2.0, "p95_ms": 2.0, "p99_ms": 2.0, "round_p50_ms": [None, 1.0]}
-    assert bm.speedups(base, var)["p50_round_median"] == 4.0
-    assert bm.latency_stats([[], [1.0, 3.0]], 1)["round_p50_ms"] == [None, 2.0]
+    assert measure.speedups(base, var)["p50_round_median"] == 4.0
+    assert measure.latency_stats([[], [1.0, 3.0]], 1)["round_p50_ms"] == [None, 2.0]
 
 
 def test_contention_counts_other_processes_and_steal_not_our_own_cpu():
@@ -370,7 +371,7 @@ def test_zip_size_is_the_size_of_a_real_deflate_archive(tmp_path):
     (tmp_path / "a.bin").write_bytes(np.random.default_rng(0).bytes(20_000))  # incompressible
     (tmp_path / "sub" / "b.txt").write_text("slimformer " * 5_000)  # very compressible
     files = [tmp_path / "a.bin", tmp_path / "sub" / "b.txt"]
-    n = bm.zip_size(files, tmp_path, level=9)
+    n = measure.zip_size(files, tmp_path, level=9)
     with zipfile.ZipFile(tmp_path / "ref.zip", "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
         z.write(files[0], "a.bin")
         z.write(files[1], "sub/b.txt")

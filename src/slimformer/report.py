@@ -22,7 +22,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from slimformer.benchmark import ONESTEP, TEACHER, safetensors_shapes, source_model_dir
+from slimformer.benchmark import ONESTEP, TEACHER, source_model_dir
+from slimformer.measure import safetensors_shapes
 from slimformer.config import ReportConfig, SelectConfig
 from slimformer.engines import MANIFEST, read_manifest, safe_member, verify_engine
 from slimformer.errors import CheckpointError, SlimformerError
