@@ -16,7 +16,6 @@ The zeros shrink the compressed file, not the dense kernels' work: no latency ga
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,9 +33,10 @@ from slimformer.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE, importance
 from slimformer.importance import entropy_head_importance  # noqa: F401 - report.py imports it from here
 from slimformer.io import sha256_file, write_json
 from slimformer.kd import KDLoss, kd_fit, load_teacher_logits
+from slimformer.measure import file_sizes, percentiles, time_calls
 from slimformer.model_stats import macs_per_sequence, model_metrics
 from slimformer.modeling import count_parameters, load_classifier, load_tokenizer, save_model
-from slimformer.sparsity import NOTE, MagnitudePruner, file_sizes, prunable_weights, schedule_end, sparsity_report
+from slimformer.sparsity import NOTE, MagnitudePruner, prunable_weights, schedule_end, sparsity_report
 from slimformer.training import Batch, Encoded, collate, encode_splits, epoch_steps, evaluate, run_fingerprint, world
 
 # ------------------------------------------------------------------------------ plan
@@ -202,8 +202,10 @@ def measure_latency(models: dict[str, nn.Module], batch: Batch, rounds: int, war
     """Forward-pass latency (ms) of each model on the same ``batch``, timed in interleaved rounds.
 
     Interleaving (and reversing the order every other round) makes machine drift and
-    cache effects hit every model alike.
+    cache effects hit every model alike. The timer and percentiles are :mod:`slimformer.measure`'s.
     """
+    args = [(batch.input_ids, batch.attention_mask)]
+    calls = {name: (lambda ids, mask, m=m: m(input_ids=ids, attention_mask=mask)) for name, m in models.items()}
     for m in models.values():
         m.eval()
         for _ in range(warmup):
@@ -212,15 +214,9 @@ def measure_latency(models: dict[str, nn.Module], batch: Batch, rounds: int, war
     names = list(models)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
-            models[name](input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            times[name].append((time.perf_counter() - t0) * 1000)
+            times[name] += time_calls(calls[name], args)
     return {
-        name: {
-            "p50_ms": round(statistics.median(ts), 3),
-            "p90_ms": round(float(np.percentile(ts, 90)), 3),
-            "mean_ms": round(statistics.fmean(ts), 3),
-        }
+        name: {k: round(v, 3) for k, v in percentiles(ts, (50, 90)).items()} | {"mean_ms": round(float(np.mean(ts)), 3)}
         for name, ts in times.items()
     }
 

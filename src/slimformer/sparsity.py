@@ -5,9 +5,6 @@ The zeros shrink the compressed file, not the dense kernels' work: no latency ga
 
 from __future__ import annotations
 
-import io
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -131,15 +128,6 @@ def sparsity_report(model: PreTrainedModel, weights: dict[str, nn.Parameter]) ->
         "zero_weights": total_zero,
         "all_params_sparsity": all_zero / all_params,
     }
-
-
-def file_sizes(path: str | Path) -> dict[str, int]:
-    """Bytes of a file on disk and inside a deflate-compressed zip archive."""
-    path = Path(path)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.write(path, path.name)
-    return {"dense_bytes": path.stat().st_size, "zip_bytes": len(buf.getvalue())}
 
 
 NOTE = (
