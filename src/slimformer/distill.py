@@ -21,12 +21,11 @@ from slimformer.adapters import adapter_for, ffn_magnitudes, shrink_linear
 from slimformer.config import DistillConfig
 from slimformer.data import load_labels, load_split
 from slimformer.errors import ConfigError
-from slimformer.io import sha256_file
-from slimformer.kd import KDLoss, augmented_rows, kd_fit, load_teacher_logits
+from slimformer.kd import KDLoss, augmented_rows, kd_fingerprint, kd_fit, load_teacher_logits
 from slimformer.model_stats import macs_per_sequence, model_metrics
 from slimformer.modeling import count_parameters, load_classifier, load_tokenizer, save_model
 from slimformer.seed import set_seed
-from slimformer.training import Encoded, encode_splits, run_fingerprint, world
+from slimformer.training import Encoded, encode_splits, world
 from slimformer.vocab import trim_unsupported, trim_vocab, vocab_effect
 
 # ------------------------------------------------------------------------------ student construction
@@ -159,9 +158,7 @@ def distill(
         train_logits, cfg.alpha, cfg.temperature, cfg.hidden_weight,
         teacher if cfg.hidden_weight > 0 else None, layer_map or (), teacher_ids,
     )  # fmt: skip
-    fingerprint = run_fingerprint(
-        t, cfg.to_dict(), sha256_file(teacher_dir / "model.safetensors"), sha256_file(logits_path), world()[1]
-    )
+    fingerprint = kd_fingerprint(t, cfg.to_dict(), teacher_dir, logits_path)
     result = kd_fit(student, splits | {"train": train}, loss, t, pad, ckpt_dir, fingerprint, "distill", on_epoch)
     if world()[0] != 0:
         return {}

@@ -35,7 +35,9 @@ from slimformer.data import SPLITS, load_split
 from slimformer.errors import ConfigError, DataError
 from slimformer.io import atomic_file, sha256_file
 from slimformer.modeling import load_classifier, load_tokenizer
-from slimformer.training import Batch, Encoded, FitResult, classification_metrics, encode, fit, predict_logits
+from slimformer.training import (
+    Batch, Encoded, FitResult, classification_metrics, encode, fit, predict_logits, run_fingerprint, world,
+)  # fmt: skip
 
 # ------------------------------------------------------------------------------ losses
 
@@ -243,3 +245,10 @@ def kd_fit(
         model, splits["train"], splits["val"], cfg, pad_id, ckpt_dir, fingerprint,
         loss_fn=loss, on_epoch=on_epoch, desc=desc, on_step=on_step,
     )  # fmt: skip
+
+
+def kd_fingerprint(train: TrainConfig, settings: dict[str, Any], model_dir: str | Path, logits_path: str | Path) -> str:
+    """Identifies a KD run for resuming: its section's ``settings``, the starting weights in ``model_dir``,
+    the cached teacher logits and the world size."""
+    weights = sha256_file(Path(model_dir) / "model.safetensors")
+    return run_fingerprint(train, settings, weights, sha256_file(logits_path), world()[1])

@@ -31,13 +31,13 @@ from slimformer.config import PruneDynamicConfig, PruneStructuredConfig
 from slimformer.errors import CheckpointError, ConfigError
 from slimformer.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE, importance_batches
 from slimformer.importance import entropy_head_importance  # noqa: F401 - report.py imports it from here
-from slimformer.io import sha256_file, write_json
-from slimformer.kd import KDLoss, kd_fit, load_teacher_logits
+from slimformer.io import write_json
+from slimformer.kd import KDLoss, kd_fingerprint, kd_fit, load_teacher_logits
 from slimformer.measure import file_sizes, percentiles, time_calls
 from slimformer.model_stats import macs_per_sequence, model_metrics
 from slimformer.modeling import count_parameters, load_classifier, load_tokenizer, save_model
 from slimformer.sparsity import NOTE, MagnitudePruner, prunable_weights, schedule_end, sparsity_report
-from slimformer.training import Batch, Encoded, collate, encode_splits, epoch_steps, evaluate, run_fingerprint, world
+from slimformer.training import Batch, Encoded, collate, encode_splits, epoch_steps, evaluate, world
 
 # ------------------------------------------------------------------------------ plan
 
@@ -229,6 +229,16 @@ def latency_batch(data: Encoded, pad_id: int, size: int = 32) -> Batch:
 # ------------------------------------------------------------------------------ structured stage
 
 
+def _kd_inputs(
+    model_dir: Path, data_dir: Path, logits_path: str | Path, max_length: int, section: str
+) -> tuple[PreTrainedModel, Any, dict[str, torch.Tensor], dict[str, Encoded]]:
+    """What a pruning stage starts from: the model and its tokenizer, the teacher logits, the encoded splits."""
+    model = load_classifier(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    logits = load_teacher_logits(logits_path, data_dir, max_length, f"{section}.train.max_length")
+    return model, tokenizer, logits, encode_splits(tokenizer, data_dir, max_length)
+
+
 def prune_structured(
     cfg: PruneStructuredConfig,
     student_dir: str | Path,
@@ -242,11 +252,8 @@ def prune_structured(
     """Score, plan, remove heads and FFN neurons, recover with KD; write model, plan and metrics."""
     t_start = time.perf_counter()
     student_dir, data_dir, t = Path(student_dir), Path(data_dir), cfg.train
-    model = load_classifier(student_dir)
-    tokenizer = load_tokenizer(student_dir)
+    model, tokenizer, logits, splits = _kd_inputs(student_dir, data_dir, logits_path, t.max_length, "prune_structured")
     pad = tokenizer.pad_token_id
-    logits = load_teacher_logits(logits_path, data_dir, t.max_length, "prune_structured.train.max_length")
-    splits = encode_splits(tokenizer, data_dir, t.max_length)
     before_model = copy.deepcopy(model)
     before = model_metrics(model, splits, logits, pad, t.eval_batch_size, t.max_length) | structure(model)
 
@@ -261,9 +268,7 @@ def prune_structured(
     unrecovered = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     loss = KDLoss(logits["train"], cfg.alpha, cfg.temperature)
-    fingerprint = run_fingerprint(
-        t, cfg.to_dict(), sha256_file(student_dir / "model.safetensors"), sha256_file(logits_path), world()[1]
-    )
+    fingerprint = kd_fingerprint(t, cfg.to_dict(), student_dir, logits_path)
     result = kd_fit(model, splits, loss, t, pad, ckpt_dir, fingerprint, "prune_structured", on_epoch)
     if world()[0] != 0:
         return {}
@@ -331,11 +336,8 @@ def prune_dynamic(
     """Gradual magnitude pruning during a KD fine-tune; masks made permanent; writes model and metrics."""
     t_start = time.perf_counter()
     pruned_dir, data_dir, t = Path(pruned_dir), Path(data_dir), cfg.train
-    model = load_classifier(pruned_dir)
-    tokenizer = load_tokenizer(pruned_dir)
+    model, tokenizer, logits, splits = _kd_inputs(pruned_dir, data_dir, logits_path, t.max_length, "prune_dynamic")
     pad = tokenizer.pad_token_id
-    logits = load_teacher_logits(logits_path, data_dir, t.max_length, "prune_dynamic.train.max_length")
-    splits = encode_splits(tokenizer, data_dir, t.max_length)
     before = model_metrics(model, splits, logits, pad, t.eval_batch_size, t.max_length)
 
     end = schedule_end(cfg, epoch_steps(len(splits["train"]), t.batch_size))
@@ -349,9 +351,7 @@ def prune_dynamic(
             on_epoch(epoch, metrics | {"sparsity": sparsity_report(model, weights)["overall"]})
 
     loss = KDLoss(logits["train"], cfg.alpha, cfg.temperature)
-    fingerprint = run_fingerprint(
-        t, cfg.to_dict(), sha256_file(pruned_dir / "model.safetensors"), sha256_file(logits_path), world()[1]
-    )
+    fingerprint = kd_fingerprint(t, cfg.to_dict(), pruned_dir, logits_path)
     result = kd_fit(model, splits, loss, t, pad, ckpt_dir, fingerprint, "prune_dynamic", log, on_step=pruner)
     pruner.finalize()
     if world()[0] != 0:
