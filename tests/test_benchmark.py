@@ -18,7 +18,7 @@ from slimformer import benchmark as bm
 from slimformer import measure
 from slimformer import config as config_module
 from slimformer.config import BenchmarkConfig
-from slimformer.engines import write_manifest
+from slimformer.engines import TokenTypeZeros, write_manifest
 from slimformer.errors import ConfigError, SlimformerError
 
 from conftest import write_jsonl
@@ -357,7 +357,7 @@ def test_onestep_baseline_with_optimum(tmp_path, tiny_bert_dir):
     m = bm.build_onestep_baseline(tiny_bert_dir, out, "optimum")
     assert m["tool"] == "optimum" and "optimum_error" not in m
     runner = bm.open_runner(bm.Variant(bm.ONESTEP, "engine", out, "baseline", m), 1)
-    assert isinstance(runner, bm.TokenTypeZeros)  # optimum's graph also takes token_type_ids
+    assert isinstance(runner, TokenTypeZeros)  # optimum's graph also takes token_type_ids
     ids = np.asarray([[101, 2023, 2003, 102], [101, 2023, 102, 0]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)
     ref = _model(tiny_bert_dir)(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits

@@ -53,6 +53,7 @@ from slimformer.engines import (
     MANIFEST,
     EngineSkipped,
     OrtRunner,
+    TokenTypeZeros,
     Runner,
     load_engine,
     read_manifest,
@@ -140,18 +141,6 @@ def variant_inputs(tokenizer, examples, sets: LatencySets, cfg: BenchmarkConfig)
 
 
 # ------------------------------------------------------------------------------ runners
-
-
-class TokenTypeZeros:
-    """An ONNX engine whose graph also takes ``token_type_ids`` (optimum's export): BERT's default, zeros."""
-
-    def __init__(self, runner: OrtRunner) -> None:
-        self.runner = runner
-        self.runtime = runner.runtime
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
-        return self.runner.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)
 
 
 def open_runner(variant: Variant, num_threads: int, worker_cores: tuple[int, ...] = ()) -> Runner:
@@ -471,7 +460,7 @@ def _onestep_onnxruntime(teacher_dir: Path, tmp: Path) -> dict[str, Any]:
     import torch  # noqa: PLC0415
     from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
 
-    from slimformer.export import TOKENIZER_FILES  # noqa: PLC0415
+    from slimformer.contract import TOKENIZER_FILES  # noqa: PLC0415
     from slimformer.modeling import load_classifier  # noqa: PLC0415
 
     class Logits(torch.nn.Module):

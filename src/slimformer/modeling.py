@@ -15,11 +15,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from slimformer.contract import VOCAB_FILES as TOKENIZER_FILES
 from slimformer.errors import CheckpointError
 from slimformer.families import PACKAGED_TEACHER, resolve_checkpoint  # noqa: F401 - re-exported
 from slimformer.io import atomic_dir
-
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
 def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:

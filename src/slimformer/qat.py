@@ -41,7 +41,8 @@ from slimformer.data import load_split
 from slimformer.distill import KDLoss, load_teacher_logits
 from slimformer.engines import ENGINE_FILES, OrtRunner, runtime_versions
 from slimformer.errors import ConfigError
-from slimformer.export import export_onnx, gate_inputs, seal_engine
+from slimformer.engines.gate import gate_inputs, seal_engine
+from slimformer.export import export_onnx
 from slimformer.io import atomic_dir, sha256_file
 from slimformer.modeling import load_classifier, load_tokenizer, save_model
 from slimformer.quantize import (

@@ -45,7 +45,7 @@ from slimformer.config import DynamicPTQConfig, ExportConfig, PTQConfig, StaticP
 from slimformer.data import Example, load_split
 from slimformer.engines import ENGINE_FILES, OrtRunner, Runner, runtime_versions, source_labels, verify_engine, write_manifest
 from slimformer.errors import ConfigError, SlimformerError
-from slimformer.export import gate_inputs, seal_engine
+from slimformer.engines.gate import gate_inputs, seal_engine
 from slimformer.io import atomic_dir
 from slimformer.modeling import load_tokenizer
 from slimformer.training import batch_order, classification_metrics, collate, encode
