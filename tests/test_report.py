@@ -11,7 +11,7 @@ import pytest
 
 from slimformer import config as config_module
 from slimformer import report as rp
-from slimformer.benchmark import ONESTEP, TEACHER
+from slimformer.baselines import ONESTEP, TEACHER
 from slimformer.config import ReportConfig, SelectConfig
 from slimformer.engines import MANIFEST, read_manifest, write_manifest
 from slimformer.errors import CheckpointError, ConfigError

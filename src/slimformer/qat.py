@@ -42,9 +42,9 @@ from slimformer.distill import KDLoss, load_teacher_logits
 from slimformer.engines import ENGINE_FILES, OrtRunner, runtime_versions
 from slimformer.errors import ConfigError
 from slimformer.engines.gate import gate_inputs, seal_engine
-from slimformer.export import export_onnx
 from slimformer.io import atomic_dir, sha256_file
 from slimformer.modeling import load_classifier, load_tokenizer, save_model
+from slimformer.onnx_export import export_onnx
 from slimformer.quantize import (
     calibration_batches, labelled_batches, linear_matmuls, preprocess, quantize_static, runner_metrics,
 )  # fmt: skip

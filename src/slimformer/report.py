@@ -22,12 +22,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from slimformer.benchmark import ONESTEP, TEACHER, source_model_dir
-from slimformer.measure import safetensors_shapes
+from slimformer.baselines import ONESTEP, TEACHER
 from slimformer.config import ReportConfig, SelectConfig
 from slimformer.engines import MANIFEST, read_manifest, safe_member, verify_engine
 from slimformer.errors import CheckpointError, SlimformerError
 from slimformer.io import atomic_dir, atomic_file
+from slimformer.measure import safetensors_shapes
+from slimformer.variants import source_model_dir
 
 LATENCY = ("batch_1", "p50_ms")  # the selection and Pareto latency: batch-1 p50
 

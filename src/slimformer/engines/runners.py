@@ -141,15 +141,15 @@ class TokenTypeZeros:
         return self.runner.session.run([OUTPUT_NAME], feeds)[0].astype(np.float32, copy=False)
 
 
-def _onnx_runner(engine_dir: Path, manifest: dict, num_threads: int, worker_cores: tuple[int, ...] = ()) -> Runner:
-    return OrtRunner(engine_dir / ENGINE_FILES["onnx"], num_threads, worker_cores)
+def _onnx_runner(engine_dir: Path, manifest: dict, num_threads: int) -> Runner:
+    return OrtRunner(engine_dir / ENGINE_FILES["onnx"], num_threads)
 
 
-def _torchscript_runner(engine_dir: Path, manifest: dict, num_threads: int, worker_cores: tuple[int, ...] = ()) -> Runner:
+def _torchscript_runner(engine_dir: Path, manifest: dict, num_threads: int) -> Runner:
     return TorchScriptRunner(engine_dir / ENGINE_FILES["torchscript"], num_threads)
 
 
-def _tensorrt_runner(engine_dir: Path, manifest: dict, num_threads: int, worker_cores: tuple[int, ...] = ()) -> Runner:
+def _tensorrt_runner(engine_dir: Path, manifest: dict, num_threads: int) -> Runner:
     from slimformer.engines import tensorrt  # noqa: PLC0415
 
     ok, reason = tensorrt.availability(int(manifest.get("device", 0)))
@@ -158,9 +158,8 @@ def _tensorrt_runner(engine_dir: Path, manifest: dict, num_threads: int, worker_
     return tensorrt.TensorRTRunner(engine_dir / ENGINE_FILES["tensorrt"], int(manifest.get("device", 0)))
 
 
-# Runner factories by manifest "format": fn(engine_dir, manifest, num_threads, worker_cores) -> Runner
-# (worker_cores pins ONNX Runtime's worker threads; the other runtimes ignore it).
-RUNNERS: dict[str, Callable[[Path, dict, int, tuple[int, ...]], Runner]] = {
+# Runner factories by manifest "format": fn(engine_dir, manifest, num_threads) -> Runner
+RUNNERS: dict[str, Callable[[Path, dict, int], Runner]] = {
     "onnx": _onnx_runner,
     "torchscript": _torchscript_runner,
     "tensorrt": _tensorrt_runner,
@@ -168,7 +167,7 @@ RUNNERS: dict[str, Callable[[Path, dict, int, tuple[int, ...]], Runner]] = {
 
 
 def load_engine(
-    engine_dir: str | Path, num_threads: int = 2, worker_cores: tuple[int, ...] = (), trust_torchscript: bool = False
+    engine_dir: str | Path, num_threads: int = 2, *, worker_cores: tuple[int, ...] = (), trust_torchscript: bool = False
 ) -> Runner:  # fmt: skip
     """Verify ``engine_dir`` (:func:`verify_engine`) and return its Runner.
 
@@ -177,6 +176,9 @@ def load_engine(
     (``torch.jit.load`` runs its ``__setstate__`` methods), and the sha256 values in the
     manifest prove the directory intact, not who wrote it. Pass True only for an engine you
     built yourself or whose source you trust. ONNX and TensorRT engines need no trust flag.
+
+    ``worker_cores`` pins an ONNX engine's worker threads (:class:`OrtRunner`); the benchmark
+    alone asks for it, so it stays out of the :data:`RUNNERS` signature.
     """
     engine_dir = Path(engine_dir)
     manifest = verify_engine(engine_dir)
@@ -187,4 +189,6 @@ def load_engine(
             f"{engine_dir / ENGINE_FILES['torchscript']}: a TorchScript engine can run code when loaded; load it only if you "
             "trust where it came from (trust_torchscript=True, or --trust-torchscript on the command line)"
         )
-    return RUNNERS[manifest["format"]](engine_dir, manifest, num_threads, worker_cores)
+    if worker_cores and manifest["format"] == "onnx":
+        return OrtRunner(engine_dir / ENGINE_FILES["onnx"], num_threads, worker_cores)
+    return RUNNERS[manifest["format"]](engine_dir, manifest, num_threads)
