@@ -41,21 +41,20 @@ import numpy as np
 
 from slimformer.baselines import ONESTEP, TEACHER
 from slimformer.config import BenchmarkConfig
+from slimformer.data import load_labels, load_split
 from slimformer.engines import MANIFEST, EngineSkipped, Runner, read_manifest, source_labels
 from slimformer.errors import SlimformerError
+from slimformer.evaluate import padded, served_and_batched
 from slimformer.machine import PinPlan, contention, cpu_counters, machine_fingerprint, pin_plan, pinned_to
 from slimformer.memory import RSS_METHOD, peak_rss
-from slimformer.measure import (
-    latency_stats,
-    round_slices,
-    run_rounds,
-    schedule,
-    speedups,
-    warm_up,
-)
+from slimformer.measure import latency_stats, round_slices, run_rounds, schedule, speedups, warm_up
+from slimformer.modeling import check_model_dir, load_tokenizer
+from slimformer.training import encode
 from slimformer.variants import Variant, open_runner, parameter_count, size_infos
 
 SKIP_DIRS = ("best",)  # the report stage's copy of the selected engine lives under the engines root
+
+
 # ------------------------------------------------------------------------------ inputs
 
 
@@ -83,18 +82,8 @@ def latency_sets(n_rows: int, cfg: BenchmarkConfig) -> LatencySets:
     return LatencySets(single, batches)
 
 
-def padded(data, rows: list[int], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """``rows`` of an Encoded split padded to their longest sentence: (input_ids, attention_mask) int64."""
-    from slimformer.training import collate  # noqa: PLC0415 - torch stays out of the RSS child
-
-    b = collate(data, rows, pad_id)
-    return b.input_ids.numpy(), b.attention_mask.numpy()
-
-
 def variant_inputs(tokenizer, examples, sets: LatencySets, cfg: BenchmarkConfig) -> dict[str, Batches]:
     """The timed batches of one variant, tokenized by its own tokenizer: ``{"batch_1": [...], "batch_32": [...]}``."""
-    from slimformer.training import encode  # noqa: PLC0415
-
     data = encode(tokenizer, examples, cfg.max_length)
     pad = tokenizer.pad_token_id
     return {
@@ -104,21 +93,6 @@ def variant_inputs(tokenizer, examples, sets: LatencySets, cfg: BenchmarkConfig)
 
 
 # ------------------------------------------------------------------------------ accuracy
-
-
-def predict(runner: Runner, data, pad_id: int, batch_size: int) -> np.ndarray:
-    """Logits (n, classes) of every row of an Encoded split, in order; batches grouped by length."""
-    from slimformer.training import batch_order  # noqa: PLC0415
-
-    order = batch_order([len(x) for x in data.input_ids], batch_size, shuffle=False, seed=0, group_by_length=True)
-    out: np.ndarray | None = None
-    for rows in order:
-        logits = runner(*padded(data, rows, pad_id))
-        if out is None:
-            out = np.zeros((len(data), logits.shape[-1]), dtype=np.float32)
-        out[rows] = logits
-    assert out is not None, "empty split"
-    return out
 
 
 def accuracy(runner: Runner, tokenizer, examples, cfg: BenchmarkConfig) -> dict[str, Any]:
@@ -131,22 +105,9 @@ def accuracy(runner: Runner, tokenizer, examples, cfg: BenchmarkConfig) -> dict[
     exact ties); dynamic int8 quantizes activations with one scale per tensor computed over
     the whole batch at run time, so a row's prediction can move with its batch-mates.
     """
-    from slimformer.training import classification_metrics, encode  # noqa: PLC0415
-
     data = encode(tokenizer, examples, cfg.max_length)
-    labels = np.asarray(data.labels)
     t0 = time.perf_counter()
-    single = predict(runner, data, tokenizer.pad_token_id, 1)
-    batched = predict(runner, data, tokenizer.pad_token_id, cfg.eval_batch_size)
-    served, padded_ = classification_metrics(single, labels), classification_metrics(batched, labels)
-    same = single.argmax(-1) == batched.argmax(-1)
-    return {
-        **served,
-        "accuracy_padded": padded_["accuracy"],
-        "macro_f1_padded": padded_["macro_f1"],
-        "batch_agreement": float(same.mean()),
-        "batch_disagreements": int((~same).sum()),
-        "test_rows": len(data),
+    return served_and_batched(runner, data, tokenizer.pad_token_id, cfg.eval_batch_size) | {
         "eval_seconds": round(time.perf_counter() - t0, 2),
     }
 
@@ -204,9 +165,6 @@ def benchmark(
     export, or that cannot run on this machine, appear with their status and reason and no
     numbers. ``onestep_dir`` (None when ``cfg.onestep == "none"``) receives the one-step baseline.
     """
-    from slimformer.data import load_labels, load_split  # noqa: PLC0415
-    from slimformer.modeling import check_model_dir  # noqa: PLC0415
-
     t_start = time.perf_counter()
     machine = machine_fingerprint(cfg.num_threads)
     teacher_dir, data_dir = Path(teacher_dir), Path(data_dir)
@@ -279,8 +237,6 @@ def _prepare(
     log,
 ) -> tuple[dict[str, Runner], dict[str, dict[str, Batches]]]:
     """Open every runnable variant; fill in accuracy, size and parameters; tokenize its timed batches."""
-    from slimformer.modeling import load_tokenizer  # noqa: PLC0415
-
     sets = latency_sets(len(test), cfg)
     sizes = size_infos([v for v in variants if results[v.name]["status"] == "ok"], cfg.zip_level, cfg.num_threads)
     runners: dict[str, Runner] = {}

@@ -21,9 +21,9 @@ from slimformer.data import load_split
 from slimformer.engines.manifest import ENGINE_FILES, INPUTS, MANIFEST, read_manifest, source_labels, write_manifest
 from slimformer.engines.runners import RUNNERS, ParityError, Runner, TorchRunner, load_engine
 from slimformer.errors import CheckpointError
+from slimformer.evaluate import labelled_batches
 from slimformer.io import write_json
 from slimformer.modeling import load_classifier, load_tokenizer
-from slimformer.training import batch_order, collate, encode
 
 # --------------------------------------------------------------------------- parity inputs
 
@@ -76,13 +76,7 @@ def parity_probes(tokenizer, texts: list[str], batch_sizes: tuple[int, ...], len
 def agreement_batches(tokenizer, examples, max_length: int, batch_size: int = 64, rows: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """The first ``rows`` examples (0 = all) as length-grouped, padded numpy batches."""
     examples = examples[:rows] if rows else examples
-    data = encode(tokenizer, examples, max_length)
-    order = batch_order([len(x) for x in data.input_ids], batch_size, shuffle=False, seed=0, group_by_length=True)
-    out = []
-    for idx in order:
-        b = collate(data, idx, tokenizer.pad_token_id)
-        out.append((b.input_ids.numpy(), b.attention_mask.numpy()))
-    return out
+    return [(b.input_ids, b.attention_mask) for b in labelled_batches(tokenizer, examples, max_length, batch_size)]
 
 
 def gate_inputs(tokenizer, data_dir: str | Path, cfg: ExportConfig) -> GateInputs:
