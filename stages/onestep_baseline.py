@@ -16,10 +16,8 @@ def run(args: argparse.Namespace) -> None:
     cfg = load_section("benchmark", args.params)
     torch_threads(cfg.num_threads)  # as when the benchmark stage built it
     m = build_onestep_baseline(args.teacher, args.out, cfg.onestep)
-    if m["status"] == "ok":
-        print(f"onestep_baseline: built with {m['tool']} in {m['build_seconds']} s -> {args.out}")
-    else:
-        print(f"onestep_baseline: skipped ({m['reason']})")
+    done = f"built with {m['tool']} in {m['build_seconds']} s" if m["status"] == "ok" else f"skipped ({m['reason']})"
+    print(f"onestep_baseline: {m['variant']} {done} -> {args.out}")
 
 
 main = stage_main(run, parser)
