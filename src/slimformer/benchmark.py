@@ -163,7 +163,8 @@ def benchmark(
 
     Returns the benchmark document (``machine``, ``settings``, ``variants``). Engines skipped at
     export, or that cannot run on this machine, appear with their status and reason and no
-    numbers. ``onestep_dir`` (None when ``cfg.onestep == "none"``) receives the one-step baseline.
+    numbers. ``onestep_dir`` (None when ``cfg.onestep == "none"``) holds the one-step baseline
+    the ``onestep_baseline`` stage built with the same ``cfg.onestep``.
     """
     t_start = time.perf_counter()
     machine = machine_fingerprint(cfg.num_threads)
@@ -171,7 +172,7 @@ def benchmark(
     check_model_dir(teacher_dir)
     labels = load_labels(data_dir)
     test = load_split(data_dir / "test.jsonl")
-    engines = discover(engines_root)  # before the build: a wrong path fails at once
+    engines = discover(engines_root)  # before any model loads: a wrong path fails at once
     variants = [Variant(TEACHER, "pytorch", teacher_dir, "baseline")]
     onestep_info: dict[str, Any] = {}
     if cfg.onestep != "none":

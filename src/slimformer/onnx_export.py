@@ -86,7 +86,7 @@ def export_onnx(source_dir: Path, cfg: ExportConfig, out_dir: Path, probes: list
 def onnx_dynamo(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int, max_positions: int) -> None:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     seq = torch.export.Dim("sequence", min=1, max=max_positions)
-    dims = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    dims = {name: {0: batch, 1: seq} for name in INPUT_NAMES}
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)  # "torchvision is not installed": we export no torchvision op
@@ -101,7 +101,7 @@ def onnx_dynamo(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
 
 
 def onnx_torchscript(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
+    axes = {**{name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}, OUTPUT_NAME: {0: "batch"}}
     with quiet_torch_deprecations(), torch.inference_mode():
         torch.onnx.export(
             model, example, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], opset_version=opset,

@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from slimformer.config import DynamicPTQConfig, StaticPTQConfig
+from slimformer.contract import INPUT_NAMES
 from slimformer.data import Example
 from slimformer.errors import ConfigError
 from slimformer.evaluate import labelled_batches
@@ -42,7 +43,7 @@ def calibration_batches(tokenizer, train: list[Example], cfg: StaticPTQConfig, m
         ids = np.full((cfg.batch_size, max_length), tokenizer.pad_token_id, dtype=np.int64)
         mask = np.zeros((cfg.batch_size, max_length), dtype=np.int64)
         ids[:, : b.input_ids.shape[1]], mask[:, : b.input_ids.shape[1]] = b.input_ids, b.attention_mask
-        feeds.append({"input_ids": ids, "attention_mask": mask})
+        feeds.append(dict(zip(INPUT_NAMES, (ids, mask), strict=True)))
     if not feeds:
         raise ConfigError(f"calibration needs at least batch_size={cfg.batch_size} training rows, got {len(sample)}")
     return feeds

@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 
 from slimformer.config import ExportConfig, PTQConfig
+from slimformer.contract import INPUT_NAMES
 from slimformer.data import load_split
 from slimformer.engines import ENGINE_FILES, OrtRunner, runtime_versions, source_labels, verify_engine, write_manifest
 from slimformer.engines.gate import gate_inputs, seal_engine
@@ -213,7 +214,7 @@ def ptq(
         train = load_split(data_dir / "train.jsonl") if selected - {"dynamic"} else []
         ctx = _Context(tmp / "preprocessed.onnx", tmp, tmp / "calibration.json",
                        calibration_batches(tokenizer, train, cfg.static, cfg.max_length) if train else [],
-                       [{"input_ids": b.input_ids, "attention_mask": b.attention_mask} for b in val[:: max(1, len(val) // 4)]],
+                       [dict(zip(INPUT_NAMES, (b.input_ids, b.attention_mask), strict=True)) for b in val[:: max(1, len(val) // 4)]],
                        cfg)  # fmt: skip
         shared_seconds = time.perf_counter() - t0
         for kind, out_dir in out_dirs.items():

@@ -2,7 +2,8 @@
 
 Modules: :mod:`~slimformer.engines.manifest` (write, read, verify), :mod:`~slimformer.engines.runners`
 (open an engine in its runtime), :mod:`~slimformer.engines.gate` (parity inputs, the gate, sealing a
-directory; imports torch), :mod:`~slimformer.engines.tensorrt` (build and run TensorRT engines).
+directory; imports torch), :mod:`~slimformer.engines.tensorrt` (build and run TensorRT engines),
+:mod:`~slimformer.engines.deploy` (copy a verified engine, e.g. to ``best/``).
 This package's own namespace imports neither torch nor a runtime: the benchmark's RSS child uses it.
 
 An engine directory is self-contained::

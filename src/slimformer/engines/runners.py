@@ -137,7 +137,7 @@ class TokenTypeZeros:
         self.runtime = runner.runtime
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
+        feeds = dict(zip(INPUT_NAMES, (input_ids, attention_mask), strict=True)) | {"token_type_ids": np.zeros_like(input_ids)}
         return self.runner.session.run([OUTPUT_NAME], feeds)[0].astype(np.float32, copy=False)
 
 

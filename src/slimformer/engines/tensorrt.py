@@ -200,7 +200,7 @@ class TensorRTRunner:
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         torch = self._torch
         keep = []  # inputs must stay alive until the stream has finished with them
-        for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+        for name, array in zip(INPUT_NAMES, (input_ids, attention_mask), strict=True):
             t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device, dtype=self._dtypes[name])
             self.context.set_input_shape(name, tuple(t.shape))
             self.context.set_tensor_address(name, t.data_ptr())
