@@ -12,7 +12,7 @@ parser.add_argument("--params", default="params.yaml")
 parser.add_argument("--engines", required=True, help="directory holding one engine directory per variant")
 parser.add_argument("--teacher", required=True, help="fine-tuned teacher model directory (the PyTorch baseline)")
 parser.add_argument("--data", required=True, help="prepared data directory (test.jsonl, card.json)")
-parser.add_argument("--onestep", required=True, help="engine directory to build the one-step int8 baseline into")
+parser.add_argument("--onestep", required=True, help="the one-step int8 baseline engine directory (built by the onestep_baseline stage)")
 parser.add_argument("--out", required=True, help="benchmark JSON to write (metrics)")
 
 

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from slimformer import tensorrt
+from slimformer.engines import tensorrt
 from slimformer.stage import stage_main, torch_threads
 from slimformer.config import load_section
 from slimformer.engines import engine_metrics

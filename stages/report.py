@@ -4,11 +4,15 @@ import argparse
 import json
 from pathlib import Path
 
-from slimformer.stage import stage_main, torch_threads
 from slimformer.config import load_section
+from slimformer.engines import read_manifest
+from slimformer.engines.deploy import copy_engine
 from slimformer.errors import DataError
 from slimformer.io import write_json
 from slimformer.report import make_report
+from slimformer.selection import choose
+from slimformer.stage import stage_main, torch_threads
+from slimformer.variants import source_model_dir
 
 parser = argparse.ArgumentParser(prog="report.py", description=__doc__)
 parser.add_argument("--params", default="params.yaml")
@@ -30,8 +34,19 @@ def run(args: argparse.Namespace) -> None:
         bench = json.loads(Path(args.benchmark).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise DataError(f"{args.benchmark}: cannot read the benchmark results ({e}); rerun the benchmark stage") from None
-    selection = make_report(cfg, bench, args.report, args.pareto_png, args.pareto_data, args.best,
-                            args.teacher, args.final_model, args.data)  # fmt: skip
+    selection, failure = choose(bench, cfg.select)
+    final_model = args.final_model
+    if selection:
+        copy_engine(selection["source_dir"], args.best)
+        selection["copied_to"] = args.best
+        final_model = final_model or source_model_dir(read_manifest(selection["source_dir"]))
+    entropy = None
+    if final_model is not None and cfg.entropy_batches:
+        from slimformer.attention import attention_entropy  # noqa: PLC0415 - torch only where a model runs
+
+        entropy = attention_entropy(final_model, args.data, cfg)
+    make_report(cfg, bench, selection, failure, args.report, args.pareto_png, args.pareto_data, args.teacher, final_model, entropy)
+    assert selection is not None  # make_report raised NoEngineQualifies otherwise
     write_json(args.selection, selection)
     print(f"report: selected {selection['variant']}: accuracy {selection['accuracy']:.4f} "
           f"(teacher {selection['teacher_accuracy']:.4f}), batch-1 p50 {selection['batch1_p50_ms']:.3f} ms, "

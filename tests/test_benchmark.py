@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from slimformer import baselines, machine, measure, memory, variants
 from slimformer import benchmark as bm
-from slimformer import measure
 from slimformer import config as config_module
 from slimformer.config import BenchmarkConfig
-from slimformer.engines import write_manifest
+from slimformer.engines import TokenTypeZeros, write_manifest
 from slimformer.errors import ConfigError, SlimformerError
 
 from conftest import write_jsonl
@@ -128,42 +128,42 @@ def test_speedups_skip_rounds_without_calls():
 def test_contention_counts_other_processes_and_steal_not_our_own_cpu():
     before = {"busy_s": 100.0, "steal_s": 5.0, "own_s": 10.0}
     after = {"busy_s": 118.0, "steal_s": 6.0, "own_s": 26.0}  # 18 s busy of which 16 s ours, over 10 s x 2 cores
-    assert bm.contention(before, after, wall_s=10.0, cores=2) == {"other_processes_cpu_share": 0.1, "steal_share": 0.05}
+    assert machine.contention(before, after, wall_s=10.0, cores=2) == {"other_processes_cpu_share": 0.1, "steal_share": 0.05}
     idle = {"busy_s": 116.0, "steal_s": 5.0, "own_s": 26.0}  # tick rounding can make ours exceed the machine's
-    assert bm.contention(before, idle, 10.0, 2)["other_processes_cpu_share"] == 0.0
-    assert bm.contention(None, after, 10.0, 2) == {"other_processes_cpu_share": None, "steal_share": None}
+    assert machine.contention(before, idle, 10.0, 2)["other_processes_cpu_share"] == 0.0
+    assert machine.contention(None, after, 10.0, 2) == {"other_processes_cpu_share": None, "steal_share": None}
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="/proc/stat is Linux-only")
 def test_cpu_counters_see_this_process_work():
-    a = bm.cpu_counters()
+    a = machine.cpu_counters()
     t0 = time.perf_counter()
     while time.process_time() - a["own_s"] < 0.3 and time.perf_counter() - t0 < 30:  # 0.3 s of our own CPU
         pass
-    b = bm.cpu_counters()
+    b = machine.cpu_counters()
     assert b["own_s"] - a["own_s"] >= 0.3 and b["busy_s"] - a["busy_s"] > 0.2  # the machine counted our work
     assert b["steal_s"] >= a["steal_s"]
 
 
 def test_pin_plan_gives_the_timing_thread_and_each_worker_its_own_core(monkeypatch):
-    monkeypatch.setattr(bm.os, "sched_getaffinity", lambda pid: {4, 5, 6}, raising=False)
-    assert bm.pin_plan(2) == {"pinned": True, "timing_core": 4, "ort_worker_cores": [5]}
-    assert bm.pin_plan(3)["ort_worker_cores"] == [5, 6]
-    assert not bm.pin_plan(4)["pinned"] and "3 usable core(s)" in bm.pin_plan(4)["reason"]
-    assert not bm.pin_plan(1)["pinned"]
-    assert bm.pin_plan(2, enabled=False) == {"pinned": False, "reason": "benchmark.pin_threads is false"}
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {4, 5, 6}, raising=False)
+    assert machine.pin_plan(2).to_dict() == {"pinned": True, "timing_core": 4, "ort_worker_cores": [5]}
+    assert machine.pin_plan(3).ort_worker_cores == (5, 6)
+    assert not machine.pin_plan(4).pinned and "3 usable core(s)" in machine.pin_plan(4).reason
+    assert not machine.pin_plan(1).pinned
+    assert machine.pin_plan(2, enabled=False).to_dict() == {"pinned": False, "reason": "benchmark.pin_threads is false"}
 
 
-@pytest.mark.skipif(not hasattr(bm.os, "sched_setaffinity"), reason="thread affinity is Linux-only")
+@pytest.mark.skipif(not hasattr(machine.os, "sched_setaffinity"), reason="thread affinity is Linux-only")
 def test_pinned_to_restores_the_affinity_even_on_error():
-    before = bm.os.sched_getaffinity(0)
+    before = machine.os.sched_getaffinity(0)
     core = min(before)
-    with pytest.raises(RuntimeError), bm.pinned_to(core):
-        assert bm.os.sched_getaffinity(0) == {core}
+    with pytest.raises(RuntimeError), machine.pinned_to(core):
+        assert machine.os.sched_getaffinity(0) == {core}
         raise RuntimeError("inside")
-    assert bm.os.sched_getaffinity(0) == before
-    with bm.pinned_to(None):
-        assert bm.os.sched_getaffinity(0) == before
+    assert machine.os.sched_getaffinity(0) == before
+    with machine.pinned_to(None):
+        assert machine.os.sched_getaffinity(0) == before
 
 
 def test_latency_sets_are_seeded_and_sized():
@@ -246,7 +246,7 @@ def test_tiny_engine_end_to_end_through_the_stage(tmp_path, tiny_bert_dir, data_
 
     res = json.loads(out.read_text())
     v = res["variants"]
-    assert set(v) == {bm.TEACHER, "tiny_fp32_onnx", "tensorrt_fp16"}
+    assert set(v) == {baselines.TEACHER, "tiny_fp32_onnx", "tensorrt_fp16"}
     assert v["tensorrt_fp16"] == {"role": "candidate", "path": str(skipped), "status": "skipped", "format": "tensorrt",
                                   "precision": "fp16", "source_model": "x", "reason": "no CUDA device"}  # fmt: skip
     e = v["tiny_fp32_onnx"]
@@ -256,10 +256,10 @@ def test_tiny_engine_end_to_end_through_the_stage(tmp_path, tiny_bert_dir, data_
         assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
         assert lat["calls"] == 2 * (6 if s == "batch_1" else 2) and lat["throughput_sps"] > 0
         assert set(e["speedup_vs_teacher"][s]) >= {"p50", "p95", "p99"}
-        assert v[bm.TEACHER]["speedup_vs_teacher"][s]["p50"] == 1.0
-    assert e["parameters"] == v[bm.TEACHER]["parameters"] == sum(p.numel() for p in _model(tiny_bert_dir).parameters())
+        assert v[baselines.TEACHER]["speedup_vs_teacher"][s]["p50"] == 1.0
+    assert e["parameters"] == v[baselines.TEACHER]["parameters"] == sum(p.numel() for p in _model(tiny_bert_dir).parameters())
     assert 0 < e["zip_bytes"] and e["model_bytes"] < e["size_bytes"]
-    assert e["peak_rss_mb"] > 0 and v[bm.TEACHER]["peak_rss_mb"] > 0 and res["settings"]["rss_method"] == bm.RSS_METHOD
+    assert e["peak_rss_mb"] > 0 and v[baselines.TEACHER]["peak_rss_mb"] > 0 and res["settings"]["rss_method"] == memory.RSS_METHOD
     assert res["machine"]["threads_used"] == 1 and "avx2" in res["machine"]["cpu_flags"]
     assert res["machine"]["pinning"]["pinned"] is False and "1 thread(s)" in res["machine"]["pinning"]["reason"]
     assert set(res["machine"]["timing_contention"]) == {"other_processes_cpu_share", "steal_share"}
@@ -309,13 +309,13 @@ def test_accuracy_is_measured_one_sentence_a_call_and_in_padded_batches(tiny_ber
 
 def test_peak_rss_is_measured_in_a_child_that_imports_only_the_runtime(tmp_path, tiny_bert_dir):
     engine = make_onnx_engine(tiny_bert_dir, tmp_path / "e", "e")
-    v = bm.Variant("e", "engine", engine, manifest=json.loads((engine / "manifest.json").read_text()))
+    v = variants.Variant("e", "engine", engine, manifest=json.loads((engine / "manifest.json").read_text()))
     ids = np.full((4, 16), 1000, dtype=np.int64)
-    got = bm.peak_rss(v, [(ids, np.ones_like(ids))], num_threads=1)
+    got = memory.peak_rss(v, [(ids, np.ones_like(ids))], num_threads=1)
     assert got["peak_rss_mb"] > got["rss_delta_mb"] > 0
     assert got["peak_rss_mb"] < 400  # no torch in the child (torch alone takes more), and not the parent's peak
-    broken = bm.Variant("e", "engine", tmp_path / "missing", manifest=v.manifest)
-    assert bm.peak_rss(broken, [(ids, np.ones_like(ids))], 1)["peak_rss_mb"] is None
+    broken = variants.Variant("e", "engine", tmp_path / "missing", manifest=v.manifest)
+    assert memory.peak_rss(broken, [(ids, np.ones_like(ids))], 1)["peak_rss_mb"] is None
 
 
 def _model(path: Path):
@@ -336,28 +336,38 @@ def test_label_mismatch_and_duplicate_variant_are_errors(tmp_path, tiny_bert_dir
         bm.benchmark(TINY, engines, tiny_bert_dir, data_dir, None, log=lambda *_: None)
 
 
+
+def test_benchmark_refuses_a_onestep_baseline_built_by_another_method(tmp_path, tiny_bert_dir, data_dir):
+    engines = tmp_path / "engines"
+    make_onnx_engine(tiny_bert_dir, engines / "a", "a")
+    onestep = tmp_path / "onestep"
+    baselines.build_onestep_baseline(tiny_bert_dir, onestep, "none")  # the stage's out with params onestep: none
+    asks = BenchmarkConfig.from_dict(TINY.to_dict() | {"onestep": "onnxruntime"}, prefix="benchmark")
+    with pytest.raises(SlimformerError, match="built with 'none', params ask for 'onnxruntime'"):
+        bm.benchmark(asks, engines, tiny_bert_dir, data_dir, onestep, log=lambda *_: None)
+
 def test_onestep_baseline_falls_back_to_onnxruntime_and_records_why(tmp_path, tiny_bert_dir, monkeypatch):
     def broken(teacher_dir, tmp):
         raise RuntimeError("optimum unavailable")
 
-    monkeypatch.setitem(bm.ONESTEP_BUILDERS, "optimum", broken)
+    monkeypatch.setitem(baselines.ONESTEP_BUILDERS, "optimum", broken)
     out = tmp_path / "onestep"
-    m = bm.build_onestep_baseline(tiny_bert_dir, out, "optimum")
+    m = baselines.build_onestep_baseline(tiny_bert_dir, out, "optimum")
     assert m["tool"] == "onnxruntime" and "optimum unavailable" in m["optimum_error"]
-    assert (m["format"], m["precision"], m["variant"], m["role"]) == ("onnx", "int8", bm.ONESTEP, "baseline")
-    runner = bm.open_runner(bm.Variant(bm.ONESTEP, "engine", out, "baseline", m), 1)
+    assert (m["format"], m["precision"], m["variant"], m["role"]) == ("onnx", "int8", baselines.ONESTEP, "baseline")
+    runner = variants.open_runner(variants.Variant(baselines.ONESTEP, "engine", out, "baseline", m), 1)
     ids = np.asarray([[101, 2023, 2003, 102]], dtype=np.int64)
     assert runner(ids, np.ones_like(ids)).shape == (1, 2)
-    again = bm.build_onestep_baseline(tiny_bert_dir, out, "optimum")  # same teacher, same method: kept
-    assert again.get("reused") is True
+    off = baselines.build_onestep_baseline(tiny_bert_dir, out, "none")  # off: a skipped engine, so the stage's out exists
+    assert off["status"] == "skipped" and not (out / "model.onnx").exists()
 
 
 def test_onestep_baseline_with_optimum(tmp_path, tiny_bert_dir):
     out = tmp_path / "onestep"
-    m = bm.build_onestep_baseline(tiny_bert_dir, out, "optimum")
+    m = baselines.build_onestep_baseline(tiny_bert_dir, out, "optimum")
     assert m["tool"] == "optimum" and "optimum_error" not in m
-    runner = bm.open_runner(bm.Variant(bm.ONESTEP, "engine", out, "baseline", m), 1)
-    assert isinstance(runner, bm.TokenTypeZeros)  # optimum's graph also takes token_type_ids
+    runner = variants.open_runner(variants.Variant(baselines.ONESTEP, "engine", out, "baseline", m), 1)
+    assert isinstance(runner, TokenTypeZeros)  # optimum's graph also takes token_type_ids
     ids = np.asarray([[101, 2023, 2003, 102], [101, 2023, 102, 0]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)
     ref = _model(tiny_bert_dir)(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
@@ -377,7 +387,7 @@ def test_zip_size_is_the_size_of_a_real_deflate_archive(tmp_path):
         z.write(files[1], "sub/b.txt")
     assert n == (tmp_path / "ref.zip").stat().st_size
     assert 20_000 < n < 20_000 + 55_000 // 10
-    variants = [bm.Variant(name, "pytorch", tmp_path, "baseline") for name in ("p", "q", "r")]
+    vs = [variants.Variant(name, "pytorch", tmp_path, "baseline") for name in ("p", "q", "r")]
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)
-    one = bm.size_info(variants[0], 6)
-    assert bm.size_infos(variants, 6, threads=2) == {"p": one, "q": one, "r": one}  # threads change nothing
+    one = variants.size_info(vs[0], 6)
+    assert variants.size_infos(vs, 6, threads=2) == {"p": one, "q": one, "r": one}  # threads change nothing

@@ -75,9 +75,9 @@ def test_import_graph_follows_lazy_imports_and_packages(tmp_path):
     from import_graph import slimformer_closure
 
     script = tmp_path / "s.py"
-    script.write_text("def f():\n    from slimformer import tensorrt\n    import slimformer.io\n")
+    script.write_text("def f():\n    from slimformer.engines import tensorrt\n    import slimformer.io\n")
     got = slimformer_closure(script)
-    assert {"src/slimformer/__init__.py", "src/slimformer/tensorrt.py", "src/slimformer/io.py"} <= got
+    assert {"src/slimformer/__init__.py", "src/slimformer/engines/__init__.py", "src/slimformer/engines/tensorrt.py", "src/slimformer/io.py"} <= got
     assert "src/slimformer/report.py" not in got
 
 

@@ -18,7 +18,8 @@ from engine_helpers import write_data
 from slimformer import config as config_module
 from slimformer.config import ExportConfig
 from slimformer.engines import ENGINE_FILES, MANIFEST, ParityError, TorchRunner, load_engine, verify_engine
-from slimformer.export import EXPORTERS, LogitsOnly, build_engine, gate_inputs, parity_probes, quiet_torch_deprecations
+from slimformer.engines.gate import gate_inputs, parity_probes
+from slimformer.export import EXPORTERS, LogitsOnly, build_engine, quiet_torch_deprecations
 from slimformer.io import sha256_file
 from slimformer.modeling import load_classifier, load_tokenizer
 

@@ -289,7 +289,7 @@ def test_ptq_engines_of_every_family(fam, tmp_path, engines, data_dir):
 
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_onestep_optimum_baseline_of_every_family(fam, tmp_path, checkpoints):
-    from slimformer.benchmark import build_onestep_baseline
+    from slimformer.baselines import build_onestep_baseline
 
     m = build_onestep_baseline(checkpoints[fam], tmp_path / "onestep", "optimum")
     assert m["status"] == "ok" and "optimum_error" not in m, m.get("optimum_error")

@@ -13,15 +13,12 @@ from engine_helpers import write_data
 from onnx import numpy_helper
 
 from slimformer.config import ConfigError, ExportConfig, PTQConfig, QATConfig, QuantizeConfig
-from slimformer.engines import TorchRunner, load_engine, verify_engine
+from slimformer.engines import OrtRunner, TorchRunner, load_engine, verify_engine
 from slimformer.export import build_engine
 from slimformer.modeling import load_classifier
 from slimformer.qat import FakeQuantLinear, act_qparams, fake_quant_weight, qat, range_overrides, unwrap, wrap
-from slimformer.engines import OrtRunner
-from slimformer.quantize import (
-    VARIANTS, AccuracyError, FeedReader, dynamic_op_types, fit_accuracy, linear_matmuls, ptq, rank_matmuls, sqnr_db,
-    weight_only_int8,
-)  # fmt: skip
+from slimformer.ort_quant import FeedReader, dynamic_op_types, linear_matmuls, rank_matmuls, sqnr_db, weight_only_int8
+from slimformer.quantize import QUANTIZERS, VARIANTS, AccuracyError, fit_accuracy, ptq
 
 EXPORT = ExportConfig(batch_sizes=(1, 8), lengths=(8, 32), min_agreement=0.9)
 
@@ -268,3 +265,11 @@ def test_qat_end_to_end(tmp_path, tiny_bert_dir, data_dir):
     assert not any(isinstance(x, FakeQuantLinear) for x in model.modules())
     ids = np.full((2, 8), 2000, dtype=np.int64)
     assert load_engine(tmp_path / "qat_int8_onnx")(ids, np.ones_like(ids)).shape == TorchRunner(model)(ids, np.ones_like(ids)).shape
+
+
+def test_every_ptq_format_is_a_registry_entry_with_one_signature():
+    import inspect
+
+    assert set(QUANTIZERS) == set(VARIANTS)
+    for fn in QUANTIZERS.values():
+        assert list(inspect.signature(fn).parameters) == ["ctx", "out"]

@@ -11,7 +11,9 @@ import pytest
 
 from slimformer import config as config_module
 from slimformer import report as rp
-from slimformer.benchmark import ONESTEP, TEACHER
+from slimformer import selection as sel_mod
+from slimformer.engines import deploy
+from slimformer.baselines import ONESTEP, TEACHER
 from slimformer.config import ReportConfig, SelectConfig
 from slimformer.engines import MANIFEST, read_manifest, write_manifest
 from slimformer.errors import CheckpointError, ConfigError
@@ -66,12 +68,12 @@ def standard_variants() -> dict[str, dict]:
 
 def test_pareto_frontier_keeps_only_undominated_points():
     pts = [("slow_best", 10.0, 0.9), ("fast_bad", 1.0, 0.6), ("mid", 3.0, 0.8), ("dominated", 5.0, 0.7), ("tie_slower", 3.0, 0.75)]
-    assert rp.pareto_frontier(pts) == {"slow_best", "fast_bad", "mid"}
-    assert rp.pareto_frontier([]) == set()
+    assert sel_mod.pareto_frontier(pts) == {"slow_best", "fast_bad", "mid"}
+    assert sel_mod.pareto_frontier([]) == set()
 
 
 def test_selects_fastest_within_budget_and_says_why():
-    sel = rp.select_engine(fake_bench(standard_variants()), SelectConfig(max_accuracy_drop=0.01))
+    sel = sel_mod.select_engine(fake_bench(standard_variants()), SelectConfig(max_accuracy_drop=0.01))
     assert sel["variant"] == "final_int8_onnx"
     assert "too_lossy_int8" in sel["why"] and "0.8000" in sel["why"]
     assert sel["accuracy_drop"] == pytest.approx(0.008)
@@ -87,28 +89,28 @@ def test_budget_judges_the_lower_of_batch1_and_padded_accuracy():
     v = standard_variants()
     v["final_int8_onnx"]["accuracy_padded"] = 0.825  # fine one sentence at a time, 1.5 points down in padded batches
     v["final_int8_onnx"]["batch_agreement"] = 0.98
-    sel = rp.select_engine(fake_bench(v), SelectConfig(max_accuracy_drop=0.01))
+    sel = sel_mod.select_engine(fake_bench(v), SelectConfig(max_accuracy_drop=0.01))
     assert sel["variant"] == "final_fp32_onnx"
     row = {r["variant"]: r for r in sel["considered"]}["final_int8_onnx"]
     assert row["qualifies"] is False and row["accuracy"] == 0.825 and row["accuracy_batch1"] == 0.832
     assert "final_int8_onnx (0.8250)" in sel["why"]
     v["final_int8_onnx"]["accuracy_padded"] = 0.835  # the lower figure is now batch 1: qualifies again
-    sel = rp.select_engine(fake_bench(v), SelectConfig(max_accuracy_drop=0.01))
+    sel = sel_mod.select_engine(fake_bench(v), SelectConfig(max_accuracy_drop=0.01))
     assert sel["variant"] == "final_int8_onnx" and sel["accuracy"] == 0.832 and sel["accuracy_padded"] == 0.835
     assert sel["batch_agreement"] == 0.98 and sel["accuracy_drop"] == pytest.approx(0.008)
 
 
 def test_looser_budget_picks_the_faster_lossy_engine():
-    sel = rp.select_engine(fake_bench(standard_variants()), SelectConfig(max_accuracy_drop=0.05))
+    sel = sel_mod.select_engine(fake_bench(standard_variants()), SelectConfig(max_accuracy_drop=0.05))
     assert sel["variant"] == "too_lossy_int8"
 
 
 def test_format_and_precision_restrictions():
     bench = fake_bench(standard_variants())
-    assert rp.select_engine(bench, SelectConfig(formats=("torchscript",)))["variant"] == "final_int8_torchscript"
-    assert rp.select_engine(bench, SelectConfig(precisions=("fp32",)))["variant"] == "final_fp32_onnx"
-    with pytest.raises(rp.NoEngineQualifies, match="no deployable engine"):
-        rp.select_engine(bench, SelectConfig(formats=("tensorrt",)))
+    assert sel_mod.select_engine(bench, SelectConfig(formats=("torchscript",)))["variant"] == "final_int8_torchscript"
+    assert sel_mod.select_engine(bench, SelectConfig(precisions=("fp32",)))["variant"] == "final_fp32_onnx"
+    with pytest.raises(sel_mod.NoEngineQualifies, match="no deployable engine"):
+        sel_mod.select_engine(bench, SelectConfig(formats=("tensorrt",)))
     with pytest.raises(ConfigError, match="formats"):
         SelectConfig.from_dict({"formats": ["tflite"]}, prefix="report.select")
 
@@ -118,13 +120,13 @@ def test_no_engine_qualifies_fails_naming_best_accuracy_and_budget():
     for name in ("final_fp32_onnx", "final_int8_onnx", "final_int8_torchscript"):
         v[name]["accuracy"] = 0.81
     v["final_fp32_onnx"]["accuracy"] = 0.815
-    with pytest.raises(rp.NoEngineQualifies) as e:
-        rp.select_engine(fake_bench(v), SelectConfig(max_accuracy_drop=0.01))
+    with pytest.raises(sel_mod.NoEngineQualifies) as e:
+        sel_mod.select_engine(fake_bench(v), SelectConfig(max_accuracy_drop=0.01))
     msg = str(e.value)
     assert "no engine qualifies" in msg and "final_fp32_onnx" in msg and "0.8150" in msg
     assert "budget 0.8300" in msg and "0.8400" in msg and "max_accuracy_drop 0.01" in msg
     # the one-step baseline (0.835) would qualify, but baselines are not candidates unless asked for
-    assert rp.select_engine(fake_bench(v), SelectConfig(include_baselines=True))["variant"] == ONESTEP
+    assert sel_mod.select_engine(fake_bench(v), SelectConfig(include_baselines=True))["variant"] == ONESTEP
 
 
 def make_engine(path: Path, variant: str) -> Path:
@@ -138,11 +140,11 @@ def make_engine(path: Path, variant: str) -> Path:
 def test_copy_engine_verifies_before_and_after(tmp_path):
     src = make_engine(tmp_path / "engines" / "e", "e")
     best = tmp_path / "engines" / "best"
-    m = rp.copy_engine(src, best)
+    m = deploy.copy_engine(src, best)
     assert m == read_manifest(src) and sorted(p.name for p in best.iterdir()) == ["manifest.json", "model.ts", "vocab.txt"]
     (src / "model.ts").write_bytes(b"tampered")
     with pytest.raises(CheckpointError, match="sha256"):
-        rp.copy_engine(src, best)
+        deploy.copy_engine(src, best)
     assert (best / "model.ts").read_bytes().startswith(b"not really")  # the previous copy is untouched
 
 
@@ -156,10 +158,10 @@ def test_copy_engine_cannot_write_outside_best(tmp_path, monkeypatch, lax_verify
     manifest["files"][key] = sha256_file(tmp_path / "a" / "payload.txt")
     (src / MANIFEST).write_text(json.dumps(manifest))
     if lax_verify:
-        monkeypatch.setattr(rp, "verify_engine", lambda d: json.loads((Path(d) / MANIFEST).read_text()))
+        monkeypatch.setattr(deploy, "verify_engine", lambda d: json.loads((Path(d) / MANIFEST).read_text()))
     best = tmp_path / "a" / "engines" / "deploy" / "best"
     with pytest.raises(CheckpointError, match=r"'\.\./\.\./payload\.txt'"):
-        rp.copy_engine(src, best)
+        deploy.copy_engine(src, best)
     assert not (tmp_path / "a" / "engines" / "payload.txt").exists() and not best.exists()
 
 
@@ -170,8 +172,10 @@ def test_make_report_writes_rows_plot_data_and_best(tmp_path):
     bench["machine"]["pinning"] = {"pinned": True, "timing_core": 0, "ort_worker_cores": [1]}
     out = tmp_path / "reports"
     cfg = ReportConfig(entropy_batches=0)
-    sel = rp.make_report(cfg, bench, out / "report.md", out / "pareto.png", out / "pareto.json", tmp_path / "best")
-    assert sel["variant"] == "final_int8_onnx" and sel["copied_to"] == str(tmp_path / "best")
+    sel, failure = sel_mod.choose(bench, cfg.select)
+    deploy.copy_engine(sel["source_dir"], tmp_path / "best")
+    rp.make_report(cfg, bench, sel, failure, out / "report.md", out / "pareto.png", out / "pareto.json")
+    assert sel["variant"] == "final_int8_onnx" and failure is None
     assert "calling thread ran on core 0 and ONNX Runtime's worker thread(s) on core(s) 1." in (out / "report.md").read_text()
     assert read_manifest(tmp_path / "best")["variant"] == "final_int8_onnx"
     text = (out / "report.md").read_text()
@@ -193,14 +197,14 @@ def test_make_report_without_a_qualifying_engine_writes_the_report_then_fails(tm
     for name in ("final_fp32_onnx", "final_int8_onnx", "final_int8_torchscript"):
         v[name]["accuracy"] = 0.7
     out = tmp_path / "reports"
-    with pytest.raises(rp.NoEngineQualifies, match="no engine qualifies"):
-        rp.make_report(ReportConfig(entropy_batches=0), fake_bench(v), out / "report.md", out / "pareto.png",
-                       out / "pareto.json", tmp_path / "best")  # fmt: skip
+    with pytest.raises(sel_mod.NoEngineQualifies, match="no engine qualifies"):
+        rp.make_report(ReportConfig(entropy_batches=0), fake_bench(v), *sel_mod.choose(fake_bench(v), SelectConfig()),
+                       out / "report.md", out / "pareto.png", out / "pareto.json")  # fmt: skip
     assert "No engine selected" in (out / "report.md").read_text()
-    assert not (tmp_path / "best").exists()
 
 
 def test_parameter_groups_and_attention_entropy_of_a_tiny_bert(tmp_path, tiny_bert_dir, tiny_rows):
+    from slimformer.attention import attention_entropy
     from slimformer.modeling import load_classifier
 
     groups = rp.parameter_groups(tiny_bert_dir)
@@ -213,7 +217,7 @@ def test_parameter_groups_and_attention_entropy_of_a_tiny_bert(tmp_path, tiny_be
     data = tmp_path / "data"
     data.mkdir()
     write_jsonl(data / "val.jsonl", tiny_rows)
-    ent = rp.attention_entropy(tiny_bert_dir, data, ReportConfig(entropy_batches=2, entropy_batch_size=8))
+    ent = attention_entropy(tiny_bert_dir, data, ReportConfig(entropy_batches=2, entropy_batch_size=8))
     assert ent["batches"] == 2 and ent["rows"] == 16
     assert [len(layer["entropy"]) for layer in ent["layers"]] == [4, 4]
     assert all(0.0 <= e <= 1.0 for layer in ent["layers"] for e in layer["entropy"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from engine_helpers import sum_model, sum_reference
 
-from slimformer import tensorrt as trt_engine
+from slimformer.engines import tensorrt as trt_engine
 from slimformer.config import ExportConfig, TensorRTConfig
 from slimformer.errors import ConfigError
 

@@ -15,11 +15,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from slimformer.contract import VOCAB_FILES as TOKENIZER_FILES
 from slimformer.errors import CheckpointError
 from slimformer.families import PACKAGED_TEACHER, resolve_checkpoint  # noqa: F401 - re-exported
 from slimformer.io import atomic_dir
-
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+from slimformer.measure import safetensors_payload_end
 
 
 def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:
@@ -43,21 +43,13 @@ def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:
         with safe_open(weights, framework="pt") as f:
             for key in f.keys():  # touching every tensor catches truncation
                 f.get_slice(key).get_shape()
-        if weights.stat().st_size < _safetensors_payload_end(weights):
+        if weights.stat().st_size < safetensors_payload_end(weights):
             raise CheckpointError(f"{weights}: truncated (file shorter than its header says)")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: corrupt or truncated safetensors file ({e})") from None
     if need_tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise CheckpointError(f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})")
     return path
-
-
-def _safetensors_payload_end(path: Path) -> int:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    return 8 + n + max(ends, default=0)
 
 
 def load_tokenizer(path: str | Path):

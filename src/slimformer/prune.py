@@ -30,7 +30,6 @@ from slimformer.adapters import adapter_for, shrink_linear
 from slimformer.config import PruneDynamicConfig, PruneStructuredConfig
 from slimformer.errors import CheckpointError, ConfigError
 from slimformer.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE, importance_batches
-from slimformer.importance import entropy_head_importance  # noqa: F401 - report.py imports it from here
 from slimformer.io import write_json
 from slimformer.kd import KDLoss, kd_fingerprint, kd_fit, load_teacher_logits
 from slimformer.measure import file_sizes, percentiles, time_calls

@@ -39,15 +39,15 @@ from slimformer.adapters import adapter_for
 from slimformer.config import ExportConfig, QATConfig, StaticPTQConfig
 from slimformer.data import load_split
 from slimformer.engines import ENGINE_FILES, OrtRunner, runtime_versions
+from slimformer.engines.gate import gate_inputs, seal_engine
 from slimformer.errors import ConfigError
-from slimformer.export import export_onnx, gate_inputs, seal_engine
+from slimformer.evaluate import labelled_batches, runner_metrics
 from slimformer.io import atomic_dir, sha256_file
 from slimformer.kd import KDLoss, load_teacher_logits
 from slimformer.modeling import load_classifier, load_tokenizer, save_model
-from slimformer.quantize import (
-    calibration_batches, labelled_batches, linear_matmuls, preprocess, quantize_static, runner_metrics,
-)  # fmt: skip
-from slimformer.training import Encoded, classification_metrics, collate, encode, fit, predict_logits, run_fingerprint
+from slimformer.onnx_export import export_onnx
+from slimformer.ort_quant import calibration_batches, linear_matmuls, preprocess, quantize_static
+from slimformer.training import Encoded, collate, encode, evaluate, fit, predict_logits, run_fingerprint
 
 VARIANT = "qat_int8_onnx"
 # int8 inputs and weights, float MatMul outputs: what the fake quantization simulates. Measured on the
@@ -276,7 +276,7 @@ def qat(
     model = load_classifier(model_dir)
     splits = {s: encode(tokenizer, load_split(data_dir / f"{s}.jsonl"), t.max_length) for s in ("train", "val", "test")}
     targets = kd_targets(cfg, model, splits["train"], pad, data_dir, teacher_logits)
-    before = {s: _metrics(model, splits[s], t.eval_batch_size, pad) for s in ("val", "test")}
+    before = {s: evaluate(model, splits[s], t.eval_batch_size, pad) for s in ("val", "test")}
     inputs = gate_inputs(tokenizer, data_dir, export_cfg)
     scfg = _static_cfg(cfg)
     calib = calibration_batches(tokenizer, load_split(data_dir / "train.jsonl"), scfg, t.max_length)
@@ -290,7 +290,7 @@ def qat(
         fingerprint = run_fingerprint(t, cfg.to_dict(), sha256_file(model_dir / "model.safetensors"),
                                       sha256_file(data_dir / "train.jsonl"))  # fmt: skip
         linears, result = finetune(model, splits, cfg, pad, targets, ckpt_dir, fingerprint, on_epoch)
-        fake_quant = {s: _metrics(model, splits[s], t.eval_batch_size, pad) for s in ("val", "test")}
+        fake_quant = {s: evaluate(model, splits[s], t.eval_batch_size, pad) for s in ("val", "test")}
         ranges = unwrap(model)
         save_model(model, tokenizer, out_model_dir,
                    extra={"qat": {"source_model": str(model_dir), "linears": linears, "input_ranges": ranges,
@@ -321,7 +321,3 @@ def qat(
         "train_seconds": round(result.train_seconds, 1),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-
-
-def _metrics(model: nn.Module, data: Encoded, batch_size: int, pad: int) -> dict[str, float]:
-    return classification_metrics(predict_logits(model, data, batch_size, pad), np.asarray(data.labels))

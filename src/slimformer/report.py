@@ -1,16 +1,8 @@
-"""The report: every variant side by side, the accuracy/latency frontier, and the engine to deploy.
+"""The report: every variant side by side, the accuracy/latency frontier, the selected engine's anatomy.
 
-Selection rule (``report.select``): among deployable engines (not the PyTorch teacher, not a
-skipped engine, optionally restricted to some formats and precisions), the one with the lowest
-batch-1 p50 latency whose test accuracy is at most ``max_accuracy_drop`` (absolute) below the
-teacher's, both from the same benchmark run. The accuracy judged is the lower of the engine's two
-figures: one sentence per call (as served) and in padded batches (:func:`budget_accuracy`), so the
-selected engine holds the budget however it is fed; dynamic int8 predictions can move with the
-batch (the benchmark reports both and their agreement). If none qualifies, :func:`select_engine`
-raises and names the best accuracy reached and the budget; it never falls back silently.
-
-The chosen engine directory is copied to ``artifacts/engines/best/`` with its manifest and
-verified (every sha256) before and after the copy.
+Renders and plots only. Which engine is selected is :mod:`slimformer.selection`; copying it to
+``best/`` is :mod:`slimformer.engines.deploy`; the attention anatomy is :mod:`slimformer.attention`.
+The report stage script runs them in that order and hands the results here.
 """
 
 from __future__ import annotations
@@ -18,185 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from slimformer.benchmark import ONESTEP, TEACHER, source_model_dir
+from slimformer.baselines import ONESTEP, TEACHER
+from slimformer.config import ReportConfig
+from slimformer.io import atomic_file
 from slimformer.measure import safetensors_shapes
-from slimformer.config import ReportConfig, SelectConfig
-from slimformer.engines import MANIFEST, read_manifest, safe_member, verify_engine
-from slimformer.errors import CheckpointError, SlimformerError
-from slimformer.io import atomic_dir, atomic_file
-
-LATENCY = ("batch_1", "p50_ms")  # the selection and Pareto latency: batch-1 p50
-
-
-class NoEngineQualifies(SlimformerError):
-    """No deployable engine is within the accuracy budget."""
-
-
-# ------------------------------------------------------------------------------ frontier and selection
-
-
-def latency_of(entry: dict[str, Any], batch: str = LATENCY[0], stat: str = LATENCY[1]) -> float:
-    return float(entry["latency"][batch][stat])
-
-
-def pareto_points(bench: dict[str, Any]) -> list[dict[str, Any]]:
-    """``[{variant, role, latency_ms, accuracy, frontier}]`` for every measured variant, fastest first."""
-    pts = [
-        {"variant": name, "role": v["role"], "precision": v["precision"], "format": v["format"],
-         "latency_ms": latency_of(v), "accuracy": float(v["accuracy"])}
-        for name, v in bench["variants"].items() if v["status"] == "ok"
-    ]  # fmt: skip
-    front = pareto_frontier([(p["variant"], p["latency_ms"], p["accuracy"]) for p in pts])
-    for p in pts:
-        p["frontier"] = p["variant"] in front
-    return sorted(pts, key=lambda p: (p["latency_ms"], -p["accuracy"]))
-
-
-def pareto_frontier(points: list[tuple[str, float, float]]) -> set[str]:
-    """Names of the points no other point beats: nothing at most as slow and at least as accurate, better in one.
-
-    ``points`` are ``(name, latency, accuracy)``; lower latency and higher accuracy are better.
-    """
-    front, best = set(), float("-inf")
-    for name, _lat, acc in sorted(points, key=lambda p: (p[1], -p[2])):
-        if acc > best:
-            front.add(name)
-            best = acc
-    return front
-
-
-def candidates(bench: dict[str, Any], cfg: SelectConfig) -> tuple[list[str], dict[str, str]]:
-    """(deployable variants, {excluded variant: why}) under ``cfg``'s format/precision/baseline rules."""
-    keep, why = [], {}
-    for name, v in bench["variants"].items():
-        if name == TEACHER or v["format"] == "pytorch":
-            why[name] = "the PyTorch baseline, not a deployable engine"
-        elif v["status"] != "ok":
-            why[name] = f"skipped: {v.get('reason', 'no reason recorded')}"
-        elif v["role"] == "baseline" and not cfg.include_baselines:
-            why[name] = "a baseline (report.select.include_baselines: false)"
-        elif cfg.formats and v["format"] not in cfg.formats:
-            why[name] = f"format {v['format']} not in report.select.formats {list(cfg.formats)}"
-        elif cfg.precisions and v["precision"] not in cfg.precisions:
-            why[name] = f"precision {v['precision']} not in report.select.precisions {list(cfg.precisions)}"
-        else:
-            keep.append(name)
-    return keep, why
-
-
-def budget_accuracy(entry: dict[str, Any]) -> float:
-    """The accuracy an engine is judged on: the lower of as served (batch 1) and padded batches.
-
-    A benchmark file written before both were measured has ``accuracy`` alone.
-    """
-    return min(float(entry["accuracy"]), float(entry.get("accuracy_padded", entry["accuracy"])))
-
-
-def select_engine(bench: dict[str, Any], cfg: SelectConfig) -> dict[str, Any]:
-    """The fastest deployable engine (batch-1 p50) within ``cfg.max_accuracy_drop`` of the teacher's accuracy.
-
-    Returns the selection record; raises NoEngineQualifies (naming the best accuracy reached and
-    the budget) when no engine is accurate enough, or when no engine is deployable at all.
-    """
-    variants = bench["variants"]
-    if variants.get(TEACHER, {}).get("status") != "ok":
-        raise SlimformerError(f"benchmark has no measured {TEACHER} baseline; cannot apply an accuracy budget")
-    teacher = variants[TEACHER]
-    budget = budget_accuracy(teacher) - cfg.max_accuracy_drop
-    names, excluded = candidates(bench, cfg)
-    if not names:
-        raise NoEngineQualifies(
-            "no engine qualifies: no deployable engine was measured ("
-            + "; ".join(f"{n}: {w}" for n, w in excluded.items()) + ")"
-        )
-    table = []
-    for name in sorted(names, key=lambda n: latency_of(variants[n])):
-        v = variants[name]
-        judged = budget_accuracy(v)
-        ok = judged >= budget - 1e-12
-        table.append({"variant": name, "accuracy": judged, "accuracy_batch1": v["accuracy"],
-                      "accuracy_padded": v.get("accuracy_padded"), "batch1_p50_ms": latency_of(v), "qualifies": ok})  # fmt: skip
-    qualified = [row for row in table if row["qualifies"]]
-    if not qualified:
-        best = max(table, key=lambda r: r["accuracy"])
-        raise NoEngineQualifies(
-            f"no engine qualifies: the most accurate deployable engine, {best['variant']}, reaches test accuracy "
-            f"{best['accuracy']:.4f}, below the budget {budget:.4f} = {TEACHER} accuracy {budget_accuracy(teacher):.4f} "
-            f"- report.select.max_accuracy_drop {cfg.max_accuracy_drop} (engines considered: {len(table)}). "
-            "Recover accuracy upstream, or raise the budget deliberately."
-        )
-    pick = qualified[0]["variant"]
-    v = variants[pick]
-    faster = [r for r in table if r["batch1_p50_ms"] < qualified[0]["batch1_p50_ms"]]
-    why = (
-        f"fastest batch-1 p50 ({latency_of(v):.3f} ms) of {len(qualified)} deployable engines whose test accuracy is "
-        f"within {cfg.max_accuracy_drop:g} of {TEACHER} ({budget_accuracy(teacher):.4f}; budget {budget:.4f}; "
-        "an engine's accuracy is the lower of one sentence per call and padded batches)"
-    )
-    if faster:
-        why += "; faster but below the budget: " + ", ".join(f"{r['variant']} ({r['accuracy']:.4f})" for r in faster)
-    return _selection_record(bench, pick, why, budget, cfg, table, excluded)
-
-
-def _selection_record(bench, pick, why, budget, cfg, table, excluded) -> dict[str, Any]:
-    variants = bench["variants"]
-    v, teacher = variants[pick], variants[TEACHER]
-    lat = {b: {k: s[k] for k in ("p50_ms", "p95_ms", "p99_ms")} for b, s in v["latency"].items()}
-    rec: dict[str, Any] = {
-        "variant": pick,
-        "format": v["format"],
-        "precision": v["precision"],
-        "runtime": v.get("runtime"),
-        "source_dir": v["path"],
-        "why": why,
-        "accuracy": v["accuracy"],  # one sentence per call, as served
-        "macro_f1": v["macro_f1"],
-        "accuracy_padded": v.get("accuracy_padded"),
-        "batch_agreement": v.get("batch_agreement"),
-        "teacher_accuracy": teacher["accuracy"],
-        "accuracy_drop": round(budget_accuracy(teacher) - budget_accuracy(v), 6),
-        "max_accuracy_drop": cfg.max_accuracy_drop,
-        "accuracy_budget": round(budget, 6),
-        "batch1_p50_ms": latency_of(v),
-        "speedup_vs_teacher_batch1_p50": v["speedup_vs_teacher"]["batch_1"]["p50"],
-        "size_bytes": v["size_bytes"],
-        "zip_bytes": v["zip_bytes"],
-        "size_ratio_vs_teacher": v["size_ratio_vs_teacher"],
-        "latency": lat,
-        "speedup_vs_teacher": {b: s["p50"] for b, s in v["speedup_vs_teacher"].items()},
-    }
-    if ONESTEP in variants and "speedup_vs_onestep" in v:
-        rec["speedup_vs_onestep_batch1_p50"] = v["speedup_vs_onestep"]["batch_1"]["p50"]
-        rec["speedup_vs_onestep"] = {b: s["p50"] for b, s in v["speedup_vs_onestep"].items()}
-        rec["onestep_accuracy"] = variants[ONESTEP]["accuracy"]
-    rec["considered"] = table  # lists: kept out of `dvc metrics show` columns, still in the file
-    rec["excluded"] = [{"variant": n, "why": w} for n, w in excluded.items()]
-    return rec
-
-
-def copy_engine(engine_dir: str | Path, best_dir: str | Path) -> dict[str, Any]:
-    """Copy a verified engine directory (its manifest and every file it lists) to ``best_dir``; verify the copy.
-
-    The copy is checked inside the temporary directory and again once in place; a mismatch
-    raises CheckpointError and leaves any previous ``best_dir`` untouched.
-    """
-    engine_dir, best_dir = Path(engine_dir), Path(best_dir)
-    manifest = verify_engine(engine_dir)  # refuses names that leave the directory, too
-    with atomic_dir(best_dir) as tmp:
-        for name in [*manifest["files"], MANIFEST]:
-            # Checked again where the bytes go, so no name can write outside best/ whatever verify_engine allows.
-            target = safe_member(tmp, name) if name != MANIFEST else tmp / MANIFEST
-            if not target.resolve().is_relative_to(tmp.resolve()):
-                raise CheckpointError(f"{engine_dir / MANIFEST}: file name {name!r} would be copied outside {best_dir}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(engine_dir / name, target)
-        verify_engine(tmp)
-    return verify_engine(best_dir)
-
+from slimformer.selection import NoEngineQualifies, budget_accuracy, latency_of, pareto_frontier, pareto_points
 
 # ------------------------------------------------------------------------------ the final model's anatomy
 
@@ -224,35 +45,6 @@ def parameter_groups(model_dir: str | Path) -> dict[str, int]:
             groups["other"] += size
     groups["total"] = sum(groups.values())
     return groups
-
-
-def attention_entropy(model_dir: str | Path, data_dir: str | Path, cfg: ReportConfig) -> dict[str, Any]:
-    """Mean normalised attention entropy of every head (0: attends to one token, 1: uniform) on validation batches.
-
-    Uses the pruning stage's entropy measure (importance = 1 - entropy). Heads removed by
-    structured pruning are absent; ``head_ids`` gives each remaining head's original number.
-    """
-    from slimformer.adapters import adapter_for  # noqa: PLC0415 - torch only where it is needed
-    from slimformer.data import load_split  # noqa: PLC0415
-    from slimformer.modeling import load_classifier, load_tokenizer  # noqa: PLC0415
-    from slimformer.prune import entropy_head_importance  # noqa: PLC0415
-    from slimformer.training import batch_order, collate, encode  # noqa: PLC0415
-
-    model = load_classifier(model_dir)
-    tok = load_tokenizer(model_dir)
-    data = encode(tok, load_split(Path(data_dir) / "val.jsonl"), cfg.max_length)
-    order = batch_order([len(x) for x in data.input_ids], cfg.entropy_batch_size, shuffle=True, seed=0, group_by_length=False)
-    batches = [collate(data, rows, tok.pad_token_id) for rows in order[: cfg.entropy_batches]]
-    importance = entropy_head_importance(model, batches)
-    layers = adapter_for(model).layers(model)
-    return {
-        "batches": len(batches),
-        "rows": sum(len(b.labels) for b in batches),
-        "layers": [
-            {"layer": i, "head_ids": list(layer.head_ids), "entropy": [round(1 - float(x), 4) for x in imp]}
-            for i, (layer, imp) in enumerate(zip(layers, importance, strict=True))
-        ],
-    }
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -504,43 +296,33 @@ def _entropy_table(entropy: dict[str, Any], final_model: str | None) -> list[str
 def make_report(
     cfg: ReportConfig,
     bench: dict[str, Any],
+    selection: dict[str, Any] | None,
+    failure: str | None,
     report_md: str | Path,
     pareto_png: str | Path,
     pareto_data: str | Path,
-    best_dir: str | Path,
     teacher_dir: str | Path | None = None,
     final_model: str | Path | None = None,
-    data_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Select, copy the engine to ``best_dir``; write the report, the Pareto plot and its data (for ``dvc plots``).
+    entropy: dict[str, Any] | None = None,
+) -> None:
+    """Write the report, the Pareto plot and its data (for ``dvc plots``) for a :func:`choose` result.
 
-    ``final_model`` defaults to the model directory the selected engine was built from.
-    Returns the selection record. With no qualifying engine, the report (saying so) and the plot
-    are still written, then NoEngineQualifies is raised.
+    ``final_model`` (the model directory the selected engine was built from) is dissected by
+    parameter group; ``entropy`` is its attention anatomy (:func:`slimformer.attention.attention_entropy`).
+    The selection record gains ``final_model`` and its parameter groups. With no qualifying
+    engine, the report (saying so) and the plot are still written, then NoEngineQualifies is raised.
     """
     report_md, pareto_png = Path(report_md), Path(pareto_png)
     points = pareto_points(bench)
-    selection, failure = None, None
-    try:
-        selection = select_engine(bench, cfg.select)
-    except NoEngineQualifies as e:
-        failure = str(e)
     teacher = bench["variants"].get(TEACHER, {})
     budget = budget_accuracy(teacher) - cfg.select.max_accuracy_drop if "accuracy" in teacher else None
     with atomic_file(pareto_data) as f:
         json.dump([{k: p[k] for k in ("variant", "role", "latency_ms", "accuracy", "frontier")} for p in points], f, indent=2)
     plot_pareto(points, pareto_png, budget, selection["variant"] if selection else None)
-    if selection:
-        copy_engine(selection["source_dir"], best_dir)
-        selection["copied_to"] = str(best_dir)
-        if final_model is None:
-            final_model = source_model_dir(read_manifest(selection["source_dir"]))
-    groups = entropy = None
+    groups = None
     if final_model is not None:
         groups = {"teacher": parameter_groups(teacher_dir)} if teacher_dir else {}
         groups["final"] = parameter_groups(final_model)
-        if cfg.entropy_batches and data_dir is not None:
-            entropy = attention_entropy(final_model, data_dir, cfg)
         if selection:
             selection["final_model"] = str(final_model)
             selection["final_model_parameters"] = groups["final"]
@@ -550,8 +332,6 @@ def make_report(
         f.write(text)
     if failure:
         raise NoEngineQualifies(failure)
-    assert selection is not None
-    return selection
 
 
 # ------------------------------------------------------------------------------ across experiments

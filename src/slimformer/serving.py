@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ import numpy as np
 
 from slimformer.engines import Runner, load_engine, read_manifest
 from slimformer.errors import CheckpointError, DataError
+from slimformer.measure import percentiles
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20  # 1 MiB of JSON
 DEFAULT_MAX_INPUTS = 64  # texts per request
@@ -316,12 +316,6 @@ def serve(classifier: Classifier, host: str, port: int, limits: ServeLimits) -> 
 # ------------------------------------------------------------------ load test
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 async def _load(url: str, texts: list[str], concurrency: int, requests: int, timeout_s: float) -> dict[str, Any]:
     import aiohttp  # noqa: PLC0415
 
@@ -375,12 +369,12 @@ def load_test(url: str, texts: list[str], concurrency: int = 8, requests: int = 
         if want is not None and (got.get("label") != want["label"] or abs(float(got.get("score", -1)) - want["score"]) > score_tol):
             mismatches.append({"text": texts[i % len(texts)], "expected": want, "got": got})
     lat = raw["latencies"]
+    pct = {k: round(v, 2) for k, v in percentiles([1000 * t for t in lat], (50, 99)).items()} if lat else {}
     return {
         "url": url, "requests": requests, "concurrency": concurrency, "ok": len(lat), "errors": len(raw["errors"]),
         "first_errors": raw["errors"][:3], "checked": sum(texts[i % len(texts)] in (expect or {}) for i in raw["answers"]),
         "mismatches": len(mismatches), "first_mismatches": mismatches[:3],
-        "p50_ms": round(1000 * percentile(lat, 0.5), 2) if lat else None,
-        "p99_ms": round(1000 * percentile(lat, 0.99), 2) if lat else None,
+        "p50_ms": pct.get("p50_ms"), "p99_ms": pct.get("p99_ms"),
         "requests_per_s": round(len(lat) / raw["wall"], 1) if raw["wall"] > 0 else None, "seconds": round(raw["wall"], 2),
     }  # fmt: skip
 

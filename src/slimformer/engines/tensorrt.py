@@ -13,20 +13,18 @@ TensorRT calibrator is involved (calibrators are deprecated since TensorRT 10.1)
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from slimformer.config import TensorRTConfig
-from slimformer.engines import source_labels, verify_engine, write_manifest
+from slimformer.contract import INPUT_NAMES, OUTPUT_NAME
+from slimformer.engines.manifest import ENGINE_FILES, runtime_versions, source_labels, verify_engine, write_manifest
 from slimformer.errors import ConfigError, SlimformerError
 from slimformer.io import atomic_dir
 
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "logits"
-ENGINE_FILE = "model.engine"
+ENGINE_FILE = ENGINE_FILES["tensorrt"]
 PRECISION_OF_EXPORTER = {"tensorrt_fp16": "fp16", "tensorrt_int8": "int8"}
 
 Shape = tuple[int, int]  # (batch, sequence)
@@ -110,10 +108,7 @@ def write_skipped(
 
 
 def tensorrt_version() -> str | None:
-    try:
-        return importlib.metadata.version("tensorrt")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return runtime_versions("tensorrt").get("tensorrt")
 
 
 def _network_flags(trt: Any, precision: str) -> tuple[int, bool]:
@@ -205,7 +200,7 @@ class TensorRTRunner:
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         torch = self._torch
         keep = []  # inputs must stay alive until the stream has finished with them
-        for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+        for name, array in zip(INPUT_NAMES, (input_ids, attention_mask), strict=True):
             t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device, dtype=self._dtypes[name])
             self.context.set_input_shape(name, tuple(t.shape))
             self.context.set_tensor_address(name, t.data_ptr())
