@@ -4,7 +4,7 @@ import argparse
 
 from slimformer.stage import stage_main, torch_threads
 from slimformer.config import load_section
-from slimformer.kd import cache_teacher_logits
+from slimformer.logit_cache import cache_teacher_logits
 from slimformer.io import write_json
 
 parser = argparse.ArgumentParser(prog="teacher_logits.py", description=__doc__)

@@ -16,7 +16,8 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 from slimformer.adapters import adapter_for
 from slimformer.config import AugmentConfig, DistillConfig, TrainConfig
 from slimformer.distill import build_student, distill, resolve_init_layers
-from slimformer.kd import KDLoss, augment_texts, cache_teacher_logits, hidden_mse, kd_loss, load_teacher_logits
+from slimformer.kd import KDLoss, hidden_mse, kd_loss
+from slimformer.logit_cache import augment_texts, cache_teacher_logits, load_teacher_logits
 from slimformer.model_stats import macs_per_sequence
 from slimformer.vocab import corpus_token_ids, remap_table, trim_embeddings, trimmed_tokenizer, verify_trimmed
 from slimformer.errors import CheckpointError, ConfigError

@@ -133,6 +133,12 @@ def frontier(args: argparse.Namespace) -> int:
     import subprocess  # noqa: PLC0415
 
     try:
+        from slimformer.report import experiment_points, frontier_table, plot_pareto  # noqa: PLC0415
+    except ImportError as e:  # the light '.[serve]' install has no matplotlib and no dvc
+        print(f"slimformer frontier: error: needs the pipeline install (pip install '.[pipeline]' or make setup): {e}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
         proc = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=False)
     except FileNotFoundError:
         print("slimformer frontier: error: dvc not found on PATH", file=sys.stderr)
@@ -140,8 +146,6 @@ def frontier(args: argparse.Namespace) -> int:
     if proc.returncode != 0:
         print(f"slimformer frontier: error: dvc exp show failed: {proc.stderr.strip()[-500:]}", file=sys.stderr)
         return 2
-    from slimformer.report import experiment_points, frontier_table, plot_pareto  # noqa: PLC0415
-
     points = experiment_points(json.loads(proc.stdout or "[]"), args.metrics, args.include_baselines)
     print(frontier_table(points))
     if args.plot and points:

@@ -2,8 +2,8 @@
 
 * The student is the teacher's config scaled by depth and width multipliers; where widths
   match it starts from named teacher layers, embeddings and head (DistilBERT-style).
-* The loss, its fit and the cached teacher logits (and their augmented sentences) are
-  :mod:`slimformer.kd`'s; vocabulary trimming is :mod:`slimformer.vocab`'s.
+* The loss and its fit are :mod:`slimformer.kd`'s, the cached teacher logits (and their
+  augmented sentences) :mod:`slimformer.logit_cache`'s; vocabulary trimming is :mod:`slimformer.vocab`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from slimformer.adapters import adapter_for, ffn_magnitudes, shrink_linear
 from slimformer.config import DistillConfig
 from slimformer.data import load_labels, load_split
 from slimformer.errors import ConfigError
-from slimformer.kd import KDLoss, augmented_rows, kd_fingerprint, kd_fit, load_teacher_logits
+from slimformer.kd import KDLoss, kd_fingerprint, kd_fit
+from slimformer.logit_cache import augmented_rows, load_teacher_logits
 from slimformer.model_stats import macs_per_sequence, model_metrics
 from slimformer.modeling import count_parameters, load_classifier, load_tokenizer, save_model
 from slimformer.seed import set_seed

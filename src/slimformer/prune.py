@@ -31,7 +31,8 @@ from slimformer.config import PruneDynamicConfig, PruneStructuredConfig
 from slimformer.errors import CheckpointError, ConfigError
 from slimformer.importance import HEAD_IMPORTANCE, NEURON_IMPORTANCE, importance_batches
 from slimformer.io import write_json
-from slimformer.kd import KDLoss, kd_fingerprint, kd_fit, load_teacher_logits
+from slimformer.kd import KDLoss, kd_fingerprint, kd_fit
+from slimformer.logit_cache import load_teacher_logits
 from slimformer.measure import file_sizes, percentiles, time_calls
 from slimformer.model_stats import macs_per_sequence, model_metrics
 from slimformer.modeling import count_parameters, load_classifier, load_tokenizer, save_model

@@ -10,7 +10,7 @@ Eager fake quantization in plain torch (no ``torch.ao``, no torchao):
 - gradients pass straight through (``torch.fake_quantize_*`` implement the STE).
 
 Training is :func:`slimformer.training.fit` with the Hinton KD loss of
-:mod:`slimformer.distill` (targets: the model's own fp32 logits, or the cached teacher logits).
+:mod:`slimformer.kd` (targets: the model's own fp32 logits, or the cached teacher logits).
 Afterwards the fake-quant wrappers come off (the weights are plain fp32 again), the model is
 saved, exported to fp32 ONNX, and statically quantized by ONNX Runtime with every MatMul
 input range pinned to the range QAT learned (``TensorQuantOverrides``); weight scales are
@@ -43,7 +43,8 @@ from slimformer.engines.gate import gate_inputs, seal_engine
 from slimformer.errors import ConfigError
 from slimformer.evaluate import labelled_batches, runner_metrics
 from slimformer.io import atomic_dir, sha256_file
-from slimformer.kd import KDLoss, load_teacher_logits
+from slimformer.kd import KDLoss
+from slimformer.logit_cache import load_teacher_logits
 from slimformer.modeling import load_classifier, load_tokenizer, save_model
 from slimformer.onnx_export import export_onnx
 from slimformer.ort_quant import calibration_batches, linear_matmuls, preprocess, quantize_static
