@@ -73,6 +73,20 @@ def tiny_bert_dir(tmp_path_factory, minilm_path) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; one thread keeps the tests quick on a busy machine.
+
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch  # noqa: PLC0415 - conftest stays importable without torch's import time
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _sigint_raises_keyboard_interrupt():
     """Every test starts with Python's own SIGINT handler, whatever an earlier test in the same worker

@@ -31,13 +31,7 @@ BAD = "dull boring awful clumsy tedious flat weak bland".split()
 FILLER = "the film movie story plot cast is was a an and but very quite".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads; one thread keeps the tests quick on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

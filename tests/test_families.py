@@ -42,12 +42,7 @@ EXPORT = ExportConfig(batch_sizes=(1, 8), lengths=(8, 32), min_agreement=0.5)
 LAYERS = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

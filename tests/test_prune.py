@@ -27,13 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the a film movie plot was is very great dull witty boring fine awful sharp bland".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads; one thread keeps the tests quick on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(layers: int = 2, seed: int = 0, vocab: int = 60) -> BertForSequenceClassification:
